@@ -1,0 +1,312 @@
+"""The ``Afterwork`` app: the broker URL, the task registry, settings and lifecycle."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
+
+from .brokers import Broker, create_broker
+from .clock import SYSTEM_CLOCK, Clock
+from .defaults import (
+    DEFAULT_DEAD_LETTER_TTL,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_URL,
+    URL_ENV_VAR,
+)
+from .errors import ConfigurationError, TaskConfigurationError, UnknownTask
+from .hooks import Hook, HookRunner
+from .job import JobHandle, JobRecord
+from .portal import Portal
+from .retry import RetryPolicy
+from .schedule import DurationLike, parse_duration
+from .serialization import Serializer, serializer_for
+from .task import (
+    Task,
+    check_importable,
+    check_priority,
+    check_queue,
+    importable_module,
+    module_name,
+    reject_unknown,
+    retry_policy,
+)
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Afterwork:
+    """One app: where jobs go (``url``), which tasks exist, and how they are carried.
+
+    ``url`` defaults to ``AFTERWORK_URL``, then to ``sqlite:///afterwork.db``.
+    The URL is checked here; the engine is first reached when a job is sent or
+    a worker starts.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        serializer: str | Serializer = "json",
+        result_ttl: DurationLike = DEFAULT_RESULT_TTL,
+        dead_letter_ttl: DurationLike = DEFAULT_DEAD_LETTER_TTL,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+        hooks: Iterable[Hook] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        self.url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+        self.serializer = serializer_for(serializer)
+        self.result_ttl = parse_duration(result_ttl, what="result_ttl")
+        if isinstance(max_payload_size, bool) or not isinstance(max_payload_size, int):
+            raise ConfigurationError(
+                f"max_payload_size must be a number of bytes; got {max_payload_size!r}"
+            )
+        if max_payload_size <= 0:
+            raise ConfigurationError(f"max_payload_size must be positive; got {max_payload_size}")
+        self.max_payload_size = max_payload_size
+        self.clock = clock or SYSTEM_CLOCK
+        self.hooks = HookRunner(list(hooks))
+        self.portal = Portal()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.broker: Broker = create_broker(
+            self.url,
+            clock=self.clock,
+            dead_letter_ttl=parse_duration(dead_letter_ttl, what="dead_letter_ttl"),
+        )
+        #: Ad hoc jobs (``jobs.enqueue(func)``) may only name functions in this
+        #: package: a payload can never make a worker import arbitrary code.
+        self.home_package = _caller_package()
+
+    def __repr__(self) -> str:
+        from .brokers import redact
+
+        return f"<Afterwork {redact(self.url)} tasks={len(self.tasks)}>"
+
+    # -- defining tasks ---------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        retries: int | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+        result_ttl: DurationLike | None = None,
+    ) -> _TaskDecorator: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        retries: int | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+        result_ttl: DurationLike | None = None,
+        **unknown: NoReturn,
+    ) -> Any:
+        """Register a function as a task: ``@jobs.task`` or ``@jobs.task(retries=3, ...)``.
+
+        ``retries`` is the number of retries after the first attempt, or a
+        :class:`RetryPolicy`; the default policy makes 3 attempts in all.
+        Every option is checked here, so a mistake fails at import time.
+        """
+
+        def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(fn, name, queue, priority, retries, timeout, result_ttl, unknown)
+
+        return decorate if func is None else decorate(func)
+
+    def _register(
+        self,
+        func: Callable[..., Any],
+        name: str | None,
+        queue: str,
+        priority: int,
+        retries: int | RetryPolicy | None,
+        timeout: DurationLike | None,
+        result_ttl: DurationLike | None,
+        unknown: dict[str, Any],
+    ) -> Task[Any, Any]:
+        label = getattr(func, "__qualname__", repr(func))
+        where = f"task {label}"
+        reject_unknown(unknown, where)
+        check_importable(func, where)
+        task_name = name or f"{module_name(func)}.{func.__qualname__}"
+        if not isinstance(task_name, str) or ":" in task_name:
+            raise TaskConfigurationError(f"{where}: name must be a string without ':'")
+        existing = self.tasks.get(task_name)
+        if existing is not None and existing.func is not func:
+            raise TaskConfigurationError(
+                f"{where}: the name {task_name!r} is already used by another task; "
+                "pass name=... to tell them apart"
+            )
+        try:
+            seconds = None if timeout is None else parse_duration(timeout, what="timeout")
+            ttl = (
+                self.result_ttl
+                if result_ttl is None
+                else parse_duration(result_ttl, what="result_ttl")
+            )
+        except ValueError as exc:
+            raise TaskConfigurationError(f"{where}: {exc}") from None
+        if seconds is not None and seconds <= 0:
+            raise TaskConfigurationError(
+                f"{where}: timeout must be more than 0 seconds; got {timeout!r}"
+            )
+        task: Task[Any, Any] = Task(
+            self,
+            func,
+            name=task_name,
+            queue=check_queue(queue, where),
+            priority=check_priority(priority, where),
+            retry=retry_policy(retries, where),
+            timeout=seconds,
+            result_ttl=ttl,
+        )
+        self.tasks[task_name] = task
+        return task
+
+    def resolve_task(self, name: str) -> Task[Any, Any]:
+        """The task a job names. Ad hoc ``module:function`` names are imported,
+        but only from the app's own package."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task
+        if ":" in name:
+            return self._import_ad_hoc(name)
+        raise UnknownTask(
+            f"no task named {name!r} is registered in this worker; make sure the module that "
+            "defines it is imported by the app the worker loads"
+        )
+
+    def _import_ad_hoc(self, name: str) -> Task[Any, Any]:
+        module, _, qualname = name.partition(":")
+        home = self.home_package
+        if not home or not (module == home or module.startswith(home + ".")):
+            raise UnknownTask(
+                f"ad hoc job {name!r} names a function outside the app's package {home!r}; "
+                "only functions in the app's own package run as ad hoc jobs. "
+                "Decorate it with @jobs.task instead"
+            )
+        try:
+            target: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownTask(f"cannot import ad hoc job function {name!r}: {exc}") from exc
+        return self._ad_hoc_task(target)
+
+    def _ad_hoc_task(self, func: Callable[..., Any]) -> Task[Any, Any]:
+        if isinstance(func, Task):
+            return func
+        check_importable(func, f"ad hoc job {getattr(func, '__qualname__', func)!r}")
+        name = f"{module_name(func)}:{func.__qualname__}"
+        task = self.tasks.get(name)
+        if task is None:
+            task = self._register(func, name, DEFAULT_QUEUE, DEFAULT_PRIORITY, None, None, None, {})
+        return task
+
+    # -- sending jobs -----------------------------------------------------------------
+
+    async def aconnect(self) -> Broker:
+        await self.broker.connect()
+        return self.broker
+
+    def connect(self) -> Broker:
+        return self.portal.call(self.aconnect())
+
+    async def aclose(self) -> None:
+        await self.broker.close()
+
+    def close(self) -> None:
+        self.portal.call(self.aclose())
+        self.portal.close()
+
+    async def asubmit(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Hand prepared jobs to the broker in one round trip, with the enqueue hooks."""
+        if self.hooks.active("before_enqueue"):
+            for record in records:
+                self.hooks.emit("before_enqueue", record)
+        broker = await self.aconnect()
+        stored = await broker.enqueue(records)
+        if self.hooks.active("after_enqueue"):
+            for record in stored:
+                self.hooks.emit("after_enqueue", record)
+        return stored
+
+    def enqueue(
+        self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle[Any]:
+        """Run a module-level function of the app's package on a worker, undecorated."""
+        return self._ad_hoc_task(func).enqueue(*args, **kwargs)
+
+    async def aenqueue(
+        self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> JobHandle[Any]:
+        return await self._ad_hoc_task(func).aenqueue(*args, **kwargs)
+
+    def enqueue_many(self, records: Iterable[JobRecord]) -> list[JobHandle[Any]]:
+        """Send many jobs built with ``task.prepare(...)`` in one round trip."""
+        batch = list(records)
+        return [JobHandle(self, r.id) for r in self.portal.call(self.asubmit(batch))]
+
+    async def aenqueue_many(self, records: Iterable[JobRecord]) -> list[JobHandle[Any]]:
+        batch = list(records)
+        return [JobHandle(self, r.id) for r in await self.asubmit(batch)]
+
+    def job(self, job_id: str) -> JobHandle[Any]:
+        """A handle for a job id seen earlier (in a log, a URL, the CLI)."""
+        return JobHandle(self, job_id)
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app; see :class:`afterwork.worker.Worker` for the options."""
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+
+class _TaskDecorator:
+    """What ``@jobs.task(...)`` returns, typed so the task keeps its signature."""
+
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    def __call__(self, func: Callable[..., Any], /) -> Task[Any, Any]:
+        raise NotImplementedError  # pragma: no cover - typing only
+
+
+def _caller_package() -> str:
+    """Top-level package of the module that created the app (outside afterwork itself)."""
+    for frame_info in inspect.stack(context=0)[2:]:
+        name = frame_info.frame.f_globals.get("__name__", "")
+        if not name.startswith("afterwork"):
+            return importable_module(str(name)).split(".")[0]
+    return ""

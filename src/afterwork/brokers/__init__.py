@@ -1,0 +1,71 @@
+"""Brokers by URL scheme, imported only when used so each engine stays an optional extra."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import InvalidURL, MissingDependency
+from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo
+
+# scheme -> (module, class, extra that installs its driver)
+_ENGINES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("memory", "MemoryBroker", None),
+    "sqlite": ("sqlite", "SQLiteBroker", None),
+    "redis": ("redis", "RedisBroker", "redis"),
+    "rediss": ("redis", "RedisBroker", "redis"),
+    "unix": ("redis", "RedisBroker", "redis"),
+    "postgresql": ("postgres", "PostgresBroker", "postgres"),
+    "postgres": ("postgres", "PostgresBroker", "postgres"),
+    "amqp": ("amqp", "AMQPBroker", "amqp"),
+    "amqps": ("amqp", "AMQPBroker", "amqp"),
+}
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, safe to print and log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def broker_class(url: str) -> type[Broker]:
+    """The broker class for a URL; raise ``InvalidURL`` or ``MissingDependency`` at once."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in _ENGINES:
+        known = ", ".join(f"{s}://" for s in ("sqlite", "memory", "redis", "postgresql", "amqp"))
+        raise InvalidURL(
+            f"cannot use broker URL {redact(url)!r}: the scheme must be one of {known}"
+        )
+    module_name, class_name, extra = _ENGINES[scheme]
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ModuleNotFoundError as exc:
+        if extra is None or (exc.name or "").startswith(__name__):
+            if exc.name == f"{__name__}.{module_name}":
+                raise InvalidURL(f"the {scheme}:// broker is not available yet") from exc
+            raise
+        raise MissingDependency(
+            f"the {scheme}:// broker needs the {exc.name} package: pip install 'afterwork[{extra}]'"
+        ) from exc
+    cls: type[Broker] = getattr(module, class_name)
+    return cls
+
+
+def create_broker(url: str, **options: Any) -> Broker:
+    return broker_class(url)(url, **options)
+
+
+__all__ = [
+    "Broker",
+    "Outcome",
+    "OutcomeKind",
+    "QueueStats",
+    "WorkerInfo",
+    "broker_class",
+    "create_broker",
+    "redact",
+]

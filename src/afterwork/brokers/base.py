@@ -1,0 +1,258 @@
+"""The broker contract: what every engine must do, and the parts they all share.
+
+Engines implement storage primitives; the rules (which job runs next, what a
+settled outcome does to a job, when a lost lease returns a job) are written
+down here and proven for every engine by ``tests/brokers``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import threading
+from collections.abc import Sequence
+
+import msgspec
+
+from ..clock import Clock
+from ..defaults import DEFAULT_DEAD_LETTER_TTL
+from ..job import FINISHED, ErrorInfo, JobRecord, JobStatus
+
+
+class OutcomeKind(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # run again at ``retry_at``
+    FAILED = "failed"  # to the dead-letter queue
+    CANCELLED = "cancelled"
+    REQUEUE = "requeue"  # put back untouched (worker shutdown): the attempt does not count
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt ended, reported by the worker that holds the job's lease."""
+
+    job_id: str
+    worker: str
+    kind: OutcomeKind
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    retry_at: float | None = None
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A live worker as the broker last heard of it."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    last_seen: float
+    running: int = 0
+    processed: int = 0
+    failed: int = 0
+
+
+QueueStats = dict[str, dict[str, int]]
+"""Per queue, the number of jobs in each status (as :meth:`JobRecord.status_at` sees it)."""
+
+
+class Notifier:
+    """A wake-up that waiters on any event loop or thread can wait for.
+
+    Waiters read :attr:`generation` before they look for work and pass it to
+    :meth:`wait`, so a notification between the look and the wait is not lost.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def notify(self) -> None:
+        with self._lock:
+            self._generation += 1
+            waiters, self._waiters = self._waiters, []
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, future in waiters:
+            if loop is current:
+                _wake(future)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, future)
+
+    async def wait(self, generation: int, timeout: float) -> bool:
+        """Wait until notified after ``generation`` or ``timeout`` passes; True if notified."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._generation != generation:
+                return True
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Broker(abc.ABC):
+    """Stores jobs and hands them to workers; every method is async and batch-first.
+
+    Delivery is at least once: a claimed job belongs to one worker while its
+    lease lives, and returns to its queue when the lease runs out.
+    Implementations must be usable from any event loop and any thread.
+    """
+
+    #: Whether enqueued jobs survive the process (false only for ``memory://``).
+    durable: bool = True
+
+    def __init__(
+        self, url: str, *, clock: Clock, dead_letter_ttl: float = DEFAULT_DEAD_LETTER_TTL
+    ) -> None:
+        self.url = url
+        self.clock = clock
+        self.dead_letter_ttl = dead_letter_ttl
+        #: Pulsed when a job becomes ready; :meth:`reserve` waits on it.
+        self.ready_signal = Notifier()
+        #: Pulsed when a job finishes; :meth:`wait` waits on it.
+        self.settled_signal = Notifier()
+
+    async def connect(self) -> None:
+        """Open connections and create what the engine needs; raise BrokerConnectionError."""
+
+    async def close(self) -> None:
+        """Release connections; the broker may be connected again later."""
+
+    # -- the write side, used by producers and workers --------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        """Store jobs in one round trip, returning what was stored for each.
+
+        A job whose ``unique_key`` matches an active job (scheduled, queued,
+        retrying or running) is not stored; the active job is returned instead.
+        """
+
+    @abc.abstractmethod
+    async def reserve(
+        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0
+    ) -> list[JobRecord]:
+        """Claim up to ``limit`` ready jobs, leased to ``worker`` for ``lease`` seconds.
+
+        Queues are served in the order given, then by priority (high first),
+        then by run time and enqueue order. Claiming counts the attempt. With
+        ``block`` > 0 and nothing ready, wait up to that long for work.
+        """
+
+    @abc.abstractmethod
+    async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
+        """Renew the leases ``worker`` holds; return the ids it must stop running.
+
+        Those are jobs whose cancel was requested or whose lease was lost.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes in one round trip. An outcome from a worker that no
+        longer holds the job's lease is ignored, so a stale worker cannot
+        overwrite the attempt that replaced it."""
+
+    @abc.abstractmethod
+    async def recover(self) -> int:
+        """Return jobs with expired leases to their queue (or, with no attempts
+        left, to the dead-letter queue) and drop expired results. Returns the
+        number of jobs recovered."""
+
+    # -- the read side, used by handles, the CLI and the dashboard ---------------------
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """Jobs waiting are listed in the order they will run; others newest first."""
+
+    @abc.abstractmethod
+    async def stats(self) -> QueueStats: ...
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Record or refresh a worker's heartbeat."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def workers(self, alive_within: float) -> list[WorkerInfo]: ...
+
+    @abc.abstractmethod
+    async def retry_failed(self, job_ids: Sequence[str] | None = None) -> int:
+        """Queue dead-letter jobs again with fresh attempts (all of them for ``None``)."""
+
+    @abc.abstractmethod
+    async def purge(self, job_ids: Sequence[str] | None = None) -> int:
+        """Delete dead-letter jobs (all of them for ``None``)."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a waiting job at once, or ask the running job's worker to stop it.
+
+        Returns False if the job has already finished or does not exist.
+        """
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Wait until the job has finished; return it as it then is (or last seen).
+
+        Engines with a cross-process notification override ``_poll_interval``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            generation = self.settled_signal.generation
+            record = await self.get(job_id)
+            if record is None or record.status in FINISHED:
+                return record
+            remaining = self._poll_interval()
+            if deadline is not None:
+                remaining = min(remaining, deadline - loop.time())
+                if remaining <= 0:
+                    return record
+            await self.settled_signal.wait(generation, remaining)
+
+    def _poll_interval(self) -> float:
+        """How long :meth:`wait` trusts the in-process signal before reading again."""
+        return 1.0
+
+
+def expired_lease_outcome(record: JobRecord, now: float) -> tuple[JobStatus, ErrorInfo | None]:
+    """What a lost lease means for a job: run again, or dead-letter if it has no attempts left."""
+    if record.attempts >= record.max_attempts:
+        return JobStatus.FAILED, ErrorInfo(
+            "WorkerLost",
+            f"the worker {record.worker} stopped renewing its lease during attempt "
+            f"{record.attempts} of {record.max_attempts} (it crashed or was killed)",
+        )
+    return JobStatus.QUEUED, None

@@ -1,0 +1,314 @@
+"""``memory://``: jobs in this process's memory, for tests and the in-process rung.
+
+State is guarded by one lock so producers on any thread or loop can share it
+with a worker; waiting jobs sit in per-queue heaps with lazy deletion, so
+claiming is O(log n) however many jobs wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import heapq
+import itertools
+import threading
+from collections.abc import Sequence
+
+from ..job import ACTIVE, FINISHED, WAITING, JobRecord, JobStatus
+from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo, expired_lease_outcome
+
+# (-priority, run_at, seq, id): the heap pops the job that should run first.
+_ReadyEntry = tuple[int, float, int, str]
+
+
+class MemoryBroker(Broker):
+    durable = False
+
+    def __init__(self, url: str, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRecord] = {}
+        self._entry: dict[str, int] = {}  # job id -> seq of its one valid heap entry
+        self._ready: dict[str, list[_ReadyEntry]] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._unique: dict[str, str] = {}
+        self._running: set[str] = set()
+        self._expiry: list[tuple[float, str]] = []
+        self._workers: dict[str, WorkerInfo] = {}
+        self._seq = itertools.count()
+
+    # -- internal, called with the lock held ------------------------------------------
+
+    def _push(self, job: JobRecord, now: float) -> None:
+        seq = next(self._seq)
+        self._entry[job.id] = seq
+        if job.run_at > now:
+            heapq.heappush(self._delayed, (job.run_at, seq, job.id))
+        else:
+            heap = self._ready.setdefault(job.queue, [])
+            heapq.heappush(heap, (-job.priority, job.run_at, seq, job.id))
+
+    def _promote_due(self, now: float) -> None:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            run_at, seq, job_id = heapq.heappop(delayed)
+            job = self._jobs.get(job_id)
+            if job is not None and self._entry.get(job_id) == seq:
+                heap = self._ready.setdefault(job.queue, [])
+                heapq.heappush(heap, (-job.priority, run_at, seq, job_id))
+
+    def _finish(self, job: JobRecord, status: JobStatus, now: float, ttl: float) -> None:
+        job.status = status
+        job.finished_at = now
+        job.worker = None
+        job.lease_until = None
+        job.expires_at = now + ttl
+        self._running.discard(job.id)
+        self._entry.pop(job.id, None)
+        if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
+            del self._unique[job.unique_key]
+        heapq.heappush(self._expiry, (job.expires_at, job.id))
+
+    def _requeue(self, job: JobRecord, status: JobStatus, run_at: float, now: float) -> None:
+        job.status = status
+        job.run_at = run_at
+        job.worker = None
+        job.lease_until = None
+        self._running.discard(job.id)
+        self._push(job, now)
+
+    # -- write side ---------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        stored: list[JobRecord] = []
+        with self._lock:
+            now = self.clock.now()
+            for job in jobs:
+                if job.unique_key is not None:
+                    twin = self._unique.get(job.unique_key)
+                    if twin is not None:
+                        stored.append(self._jobs[twin])
+                        continue
+                    self._unique[job.unique_key] = job.id
+                self._jobs[job.id] = job
+                self._push(job, now)
+                stored.append(job)
+        self.ready_signal.notify()
+        return stored
+
+    def _claim(
+        self, queues: Sequence[str], limit: int, worker: str, lease: float
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        with self._lock:
+            now = self.clock.now()
+            self._promote_due(now)
+            for queue in queues:
+                heap = self._ready.get(queue)
+                while heap and len(claimed) < limit:
+                    _, _, seq, job_id = heapq.heappop(heap)
+                    if self._entry.get(job_id) != seq:
+                        continue
+                    del self._entry[job_id]
+                    job = self._jobs[job_id]
+                    job.status = JobStatus.RUNNING
+                    job.attempts += 1
+                    job.worker = worker
+                    job.started_at = now
+                    job.lease_until = now + lease
+                    self._running.add(job_id)
+                    claimed.append(job)
+                if len(claimed) >= limit:
+                    break
+            return [self._copy(job) for job in claimed]
+
+    def _next_run_at(self) -> float | None:
+        with self._lock:
+            return self._delayed[0][0] if self._delayed else None
+
+    async def reserve(
+        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0
+    ) -> list[JobRecord]:
+        return await self._reserve_blocking(queues, limit, worker, lease, block)
+
+    async def _reserve_blocking(
+        self, queues: Sequence[str], limit: int, worker: str, lease: float, block: float
+    ) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block
+        while True:
+            generation = self.ready_signal.generation
+            jobs = self._claim(queues, limit, worker, lease)
+            remaining = deadline - loop.time()
+            if jobs or remaining <= 0:
+                return jobs
+            next_run = self._next_run_at()
+            if next_run is not None:
+                remaining = min(remaining, max(next_run - self.clock.now(), 0.001))
+            await self.ready_signal.wait(generation, remaining)
+
+    async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
+        lost: list[str] = []
+        with self._lock:
+            until = self.clock.now() + lease
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if (
+                    job is None
+                    or job.status != JobStatus.RUNNING
+                    or job.worker != worker
+                    or job.cancel_requested
+                ):
+                    lost.append(job_id)
+                else:
+                    job.lease_until = until
+        return lost
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        requeued = False
+        with self._lock:
+            now = self.clock.now()
+            for outcome in outcomes:
+                job = self._jobs.get(outcome.job_id)
+                if job is None or job.status != JobStatus.RUNNING or job.worker != outcome.worker:
+                    continue
+                kind = outcome.kind
+                if kind == OutcomeKind.SUCCEEDED:
+                    job.result = outcome.result
+                    job.error = None
+                    self._finish(job, JobStatus.SUCCEEDED, now, job.result_ttl)
+                elif kind == OutcomeKind.FAILED:
+                    job.error = outcome.error
+                    self._finish(job, JobStatus.FAILED, now, self.dead_letter_ttl)
+                elif kind == OutcomeKind.CANCELLED:
+                    self._finish(job, JobStatus.CANCELLED, now, job.result_ttl)
+                elif kind == OutcomeKind.RETRY:
+                    job.error = outcome.error
+                    run_at = outcome.retry_at if outcome.retry_at is not None else now
+                    self._requeue(job, JobStatus.RETRYING, run_at, now)
+                    requeued = True
+                else:  # REQUEUE: the attempt did not happen as far as the job is concerned
+                    job.attempts = max(job.attempts - 1, 0)
+                    self._requeue(job, JobStatus.QUEUED, job.run_at, now)
+                    requeued = True
+        self.settled_signal.notify()
+        if requeued:
+            self.ready_signal.notify()
+
+    async def recover(self) -> int:
+        recovered = 0
+        with self._lock:
+            now = self.clock.now()
+            for job_id in list(self._running):
+                job = self._jobs[job_id]
+                if job.lease_until is not None and job.lease_until <= now:
+                    status, error = expired_lease_outcome(job, now)
+                    if status == JobStatus.FAILED:
+                        job.error = error
+                        self._finish(job, status, now, self.dead_letter_ttl)
+                    else:
+                        self._requeue(job, status, job.run_at, now)
+                    recovered += 1
+            while self._expiry and self._expiry[0][0] <= now:
+                _, job_id = heapq.heappop(self._expiry)
+                expired = self._jobs.get(job_id)
+                if expired and expired.status in FINISHED and (expired.expires_at or 0) <= now:
+                    del self._jobs[job_id]
+        if recovered:
+            self.ready_signal.notify()
+            self.settled_signal.notify()
+        return recovered
+
+    # -- read side ------------------------------------------------------------------------
+
+    @staticmethod
+    def _copy(job: JobRecord) -> JobRecord:
+        # Callers get snapshots, so nothing outside the lock mutates stored state.
+        return copy.copy(job)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else self._copy(job)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        with self._lock:
+            now = self.clock.now()
+            jobs = [
+                self._copy(j)
+                for j in self._jobs.values()
+                if (queue is None or j.queue == queue)
+                and (status is None or j.status_at(now) == status)
+            ]
+        if status in WAITING:
+            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.enqueued_at))
+        else:
+            jobs.sort(key=lambda j: -(j.finished_at or j.started_at or j.enqueued_at))
+        return jobs[:limit]
+
+    async def stats(self) -> QueueStats:
+        stats: QueueStats = {}
+        with self._lock:
+            now = self.clock.now()
+            for job in self._jobs.values():
+                counts = stats.setdefault(job.queue, {})
+                key = str(job.status_at(now))
+                counts[key] = counts.get(key, 0) + 1
+        return stats
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[info.id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        with self._lock:
+            cutoff = self.clock.now() - alive_within
+            return [w for w in self._workers.values() if w.last_seen >= cutoff]
+
+    def _failed_ids(self, job_ids: Sequence[str] | None) -> list[str]:
+        ids = self._jobs.keys() if job_ids is None else job_ids
+        return [i for i in ids if (j := self._jobs.get(i)) and j.status == JobStatus.FAILED]
+
+    async def retry_failed(self, job_ids: Sequence[str] | None = None) -> int:
+        with self._lock:
+            now = self.clock.now()
+            retried = 0
+            for job_id in self._failed_ids(job_ids):
+                job = self._jobs[job_id]
+                if job.unique_key is not None:
+                    if job.unique_key in self._unique:
+                        continue  # an active twin already does this job's work
+                    self._unique[job.unique_key] = job.id
+                retried += 1
+                job.attempts = 0
+                job.finished_at = job.expires_at = None
+                job.run_at = now
+                job.status = JobStatus.QUEUED
+                self._push(job, now)
+        self.ready_signal.notify()
+        return retried
+
+    async def purge(self, job_ids: Sequence[str] | None = None) -> int:
+        with self._lock:
+            ids = self._failed_ids(job_ids)
+            for job_id in ids:
+                del self._jobs[job_id]
+        return len(ids)
+
+    async def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status not in ACTIVE:
+                return False
+            if job.status == JobStatus.RUNNING:
+                job.cancel_requested = True
+                return True
+            self._finish(job, JobStatus.CANCELLED, self.clock.now(), job.result_ttl)
+        self.settled_signal.notify()
+        return True

@@ -1,0 +1,392 @@
+"""``sqlite:///path.db``: the embedded default; a file, no server, survives restarts.
+
+One connection per broker, owned by one thread, so SQLite never sees two
+threads and the event loop never blocks on disk or on another process's lock.
+Jobs enqueued in this process wake waiting workers at once through a signal
+shared by every broker on the same file; other processes' writes are noticed
+by ``PRAGMA data_version``, checked every few milliseconds while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+
+from ..defaults import SQLITE_BUSY_TIMEOUT_MS, SQLITE_POLL_INTERVAL
+from ..errors import BrokerConnectionError, InvalidURL
+from ..job import WAITING, ErrorInfo, JobRecord, JobStatus
+from .base import (
+    Broker,
+    Notifier,
+    Outcome,
+    OutcomeKind,
+    QueueStats,
+    WorkerInfo,
+    expired_lease_outcome,
+)
+from .sql import load_queries
+
+T = TypeVar("T")
+Q = load_queries("sqlite.sql")
+_FIELDS = tuple(JobRecord.__struct_fields__)
+_SCHEMA_VERSION = 1
+_error_encoder = msgspec.json.Encoder()
+_error_decoder = msgspec.json.Decoder(ErrorInfo)
+_worker_decoder = msgspec.json.Decoder(WorkerInfo)
+
+# Every broker on the same file in this process shares its signals.
+_signals: dict[str, tuple[Notifier, Notifier]] = {}
+_signals_lock = threading.Lock()
+
+# What a user-facing status means in terms of stored status and run time.
+_STATUS_FILTERS = {
+    JobStatus.QUEUED: (
+        "(status = 'queued' OR (status IN ('scheduled', 'retrying') AND run_at <= :now))"
+    ),
+    JobStatus.SCHEDULED: "(status = 'scheduled' AND run_at > :now)",
+    JobStatus.RETRYING: "(status = 'retrying' AND run_at > :now)",
+}
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///rel.db`` is relative to the working directory, ``sqlite:////abs.db`` absolute."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.lstrip("/"):
+        raise InvalidURL(
+            f"invalid SQLite URL {url!r}; use sqlite:///relative/path.db or sqlite:////abs/path.db"
+        )
+    return parts.path[1:]
+
+
+def _row_to_job(row: sqlite3.Row) -> JobRecord:
+    data = {name: row[name] for name in _FIELDS}
+    data["status"] = JobStatus(data["status"])
+    data["cancel_requested"] = bool(data["cancel_requested"])
+    if data["error"] is not None:
+        data["error"] = _error_decoder.decode(data["error"])
+    return JobRecord(**data)
+
+
+def _encode_error(error: ErrorInfo | None) -> str | None:
+    return None if error is None else _error_encoder.encode(error).decode()
+
+
+class SQLiteBroker(Broker):
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.path = os.path.abspath(sqlite_path(url))
+        with _signals_lock:
+            self.ready_signal, self.settled_signal = _signals.setdefault(
+                self.path, (Notifier(), Notifier())
+            )
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._connect_lock = threading.Lock()
+        self._data_version = -1
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            await self.connect()
+        assert self._executor is not None
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    def _open(self) -> None:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < _SCHEMA_VERSION:
+                conn.executescript(Q["schema"])
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise BrokerConnectionError(
+                f"cannot open SQLite database {self.path}: {exc}; check that the directory "
+                "exists and is writable and that the file is a SQLite database"
+            ) from exc
+        self._conn = conn
+
+    async def connect(self) -> None:
+        # Opening takes milliseconds; doing it under a plain lock keeps two
+        # callers (on any loops) from opening twice.
+        with self._connect_lock:
+            if self._executor is not None:
+                return
+            executor = ThreadPoolExecutor(1, thread_name_prefix="afterwork-sqlite")
+            try:
+                executor.submit(self._open).result()
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor = executor
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn = self._conn
+
+        def _close() -> None:
+            if conn is not None:
+                conn.close()
+
+        await asyncio.wrap_future(executor.submit(_close))
+        executor.shutdown(wait=False)
+        self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        value: T = await self._transaction(fn)
+        return value
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one immediate transaction: other writers wait, none interleave."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return value
+
+    def _poll_interval(self) -> float:
+        return SQLITE_POLL_INTERVAL * 5
+
+    # -- write side ---------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        stored = await self._transaction(lambda conn: self._insert(conn, jobs))
+        self.ready_signal.notify()
+        return stored
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        rows = [
+            {
+                "id": j.id,
+                "task": j.task,
+                "queue": j.queue,
+                "priority": j.priority,
+                "payload": j.payload,
+                "status": str(j.status),
+                "run_at": j.run_at,
+                "enqueued_at": j.enqueued_at,
+                "max_attempts": j.max_attempts,
+                "result_ttl": j.result_ttl,
+                "timeout": j.timeout,
+                "attempts": j.attempts,
+                "unique_key": j.unique_key,
+            }
+            for j in jobs
+        ]
+        if all(j.unique_key is None for j in jobs):
+            conn.executemany(Q["insert"], rows)
+            return list(jobs)
+        stored: list[JobRecord] = []
+        for job, row in zip(jobs, rows, strict=True):
+            if conn.execute(Q["insert"], row).rowcount == 1:
+                stored.append(job)
+            else:
+                stored.append(
+                    _row_to_job(conn.execute(Q["find_unique"], (job.unique_key,)).fetchone())
+                )
+        return stored
+
+    def _claim(
+        self, queues: Sequence[str], limit: int, worker: str, lease: float
+    ) -> tuple[list[JobRecord], float | None]:
+        """Claim ready jobs; if none, also say when the next waiting job is due."""
+        conn = self._db()
+        now = self.clock.now()
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if not any(conn.execute(Q["any_ready"], (q, now)).fetchone() for q in queues):
+            return [], conn.execute(Q["next_run_at"]).fetchone()[0]
+
+        def claim(conn: sqlite3.Connection) -> list[JobRecord]:
+            claimed: list[JobRecord] = []
+            for queue in queues:
+                params = {"worker": worker, "now": now, "lease_until": now + lease}
+                params.update(queue=queue, limit=limit - len(claimed))
+                rows = conn.execute(Q["claim"], params).fetchall()
+                rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["seq"]))
+                claimed.extend(_row_to_job(r) for r in rows)
+                if len(claimed) >= limit:
+                    break
+            return claimed
+
+        return self._write(claim), None
+
+    def _changed_elsewhere(self) -> bool:
+        version = self._db().execute("PRAGMA data_version").fetchone()[0]
+        return bool(version != self._data_version)
+
+    async def reserve(
+        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0
+    ) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block
+        while True:
+            generation = self.ready_signal.generation
+            jobs, next_run_at = await self._run(self._claim, queues, limit, worker, lease)
+            if jobs or loop.time() >= deadline:
+                return jobs
+            wake_at = deadline
+            if next_run_at is not None:
+                wake_at = min(wake_at, loop.time() + max(next_run_at - self.clock.now(), 0.001))
+            # Sleep on the in-process signal, glancing at other processes' writes.
+            while loop.time() < wake_at:
+                timeout = min(SQLITE_POLL_INTERVAL, wake_at - loop.time())
+                if await self.ready_signal.wait(generation, timeout):
+                    break
+                if await self._run(self._changed_elsewhere):
+                    break
+
+    async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
+        def extend(conn: sqlite3.Connection) -> list[str]:
+            until = self.clock.now() + lease
+            return [
+                job_id
+                for job_id in job_ids
+                if conn.execute(
+                    Q["extend"], {"id": job_id, "worker": worker, "lease_until": until}
+                ).rowcount
+                == 0
+            ]
+
+        if not job_ids:
+            return []
+        return await self._transaction(extend)
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        def settle(conn: sqlite3.Connection) -> bool:
+            now = self.clock.now()
+            requeued = False
+            for outcome in outcomes:
+                params = {
+                    "id": outcome.job_id,
+                    "worker": outcome.worker,
+                    "now": now,
+                    "result": outcome.result,
+                    "error": _encode_error(outcome.error),
+                    "retry_at": outcome.retry_at if outcome.retry_at is not None else now,
+                    "dead_letter_ttl": self.dead_letter_ttl,
+                }
+                conn.execute(Q[f"settle_{outcome.kind}"], params)
+                requeued |= outcome.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE)
+            return requeued
+
+        if await self._transaction(settle):
+            self.ready_signal.notify()
+        self.settled_signal.notify()
+
+    async def recover(self) -> int:
+        def recover(conn: sqlite3.Connection) -> int:
+            now = self.clock.now()
+            expired = [_row_to_job(r) for r in conn.execute(Q["expired_leases"], (now,))]
+            for job in expired:
+                status, error = expired_lease_outcome(job, now)
+                query = "lease_lost_fail" if status == JobStatus.FAILED else "lease_lost_requeue"
+                params = {"id": job.id, "now": now, "error": _encode_error(error)}
+                params["dead_letter_ttl"] = self.dead_letter_ttl
+                conn.execute(Q[query], params)
+            conn.execute(Q["delete_expired"], (now,))
+            return len(expired)
+
+        recovered = await self._transaction(recover)
+        if recovered:
+            self.ready_signal.notify()
+            self.settled_signal.notify()
+        return recovered
+
+    # -- read side ------------------------------------------------------------------------
+
+    def _fetch(self, query: str, params: Any = ()) -> list[sqlite3.Row]:
+        return self._db().execute(query, params).fetchall()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = await self._run(self._fetch, Q["get"], (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        where, params = ["1"], {"now": self.clock.now(), "queue": queue, "limit": limit}
+        if status is not None:
+            where.append(_STATUS_FILTERS.get(status, f"status = '{status}'"))
+        if queue is not None:
+            where.append("queue = :queue")
+        order = "priority DESC, run_at, seq" if status in WAITING else "seq DESC"
+        query = (
+            f"SELECT * FROM afterwork_jobs WHERE {' AND '.join(where)} "
+            f"ORDER BY {order} LIMIT :limit"
+        )
+        return [_row_to_job(r) for r in await self._run(self._fetch, query, params)]
+
+    async def stats(self) -> QueueStats:
+        stats: QueueStats = {}
+        for queue, status, count in await self._run(
+            self._fetch, Q["stats"], {"now": self.clock.now()}
+        ):
+            stats.setdefault(queue, {})[status] = count
+        return stats
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        data = msgspec.json.encode(info)
+        await self._run(
+            self._write,
+            lambda conn: conn.execute(Q["upsert_worker"], (info.id, info.last_seen, data)),
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._transaction(lambda conn: conn.execute(Q["delete_worker"], (worker_id,)))
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        rows = await self._run(self._fetch, Q["live_workers"], (self.clock.now() - alive_within,))
+        return [_worker_decoder.decode(row[0]) for row in rows]
+
+    async def _each_failed(self, query: str, job_ids: Sequence[str] | None) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            ids = job_ids if job_ids is not None else [r[0] for r in conn.execute(Q["failed_ids"])]
+            now = self.clock.now()
+            return sum(conn.execute(query, {"id": i, "now": now}).rowcount for i in ids)
+
+        return await self._transaction(apply)
+
+    async def retry_failed(self, job_ids: Sequence[str] | None = None) -> int:
+        count = await self._each_failed(Q["retry_failed"], job_ids)
+        self.ready_signal.notify()
+        return count
+
+    async def purge(self, job_ids: Sequence[str] | None = None) -> int:
+        return await self._each_failed(Q["purge_failed"], job_ids)
+
+    async def cancel(self, job_id: str) -> bool:
+        def cancel(conn: sqlite3.Connection) -> tuple[bool, bool]:
+            params = {"id": job_id, "now": self.clock.now()}
+            if conn.execute(Q["cancel_waiting"], params).rowcount:
+                return True, True
+            return bool(conn.execute(Q["cancel_running"], params).rowcount), False
+
+        accepted, finished = await self._transaction(cancel)
+        if finished:
+            self.settled_signal.notify()
+        return accepted

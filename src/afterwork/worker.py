@@ -1,0 +1,431 @@
+"""The worker: claim jobs, run them within limits, settle outcomes, stop gracefully.
+
+Four loops share one event loop: claiming (blocks on the broker while idle),
+the jobs themselves (async on the loop, sync in a thread pool), settling
+(outcomes batched while a write is in flight) and the heartbeat (renews
+leases, hears about cancels, announces the worker, puts lost jobs back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .brokers import Broker, Outcome, OutcomeKind, WorkerInfo
+from .defaults import (
+    DEFAULT_BLOCK,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_LEASE,
+    DEFAULT_MAINTENANCE_INTERVAL,
+    DEFAULT_QUEUE,
+)
+from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
+from .job import ErrorInfo, JobRecord
+from .retry import Retry
+from .serialization import decode_arguments
+
+if TYPE_CHECKING:
+    from .app import Afterwork
+    from .task import Task
+
+logger = logging.getLogger("afterwork.worker")
+
+# Why a running job's asyncio task was cancelled, which decides its outcome.
+_CANCELLED = "cancelled"
+_SHUTDOWN = "shutdown"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return ErrorInfo(name, str(exc), text)
+
+
+class Worker:
+    """Runs jobs from ``queues`` (served in that order), at most ``concurrency`` at a time.
+
+    ``burst`` exits once nothing is ready or running. ``lease`` is how long a
+    claimed job stays this worker's without renewal: a killed worker's jobs
+    run elsewhere that soon after.
+    """
+
+    def __init__(
+        self,
+        app: Afterwork,
+        *,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        concurrency: int = DEFAULT_CONCURRENCY,
+        burst: bool = False,
+        lease: float = DEFAULT_LEASE,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+        maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL,
+        block: float = DEFAULT_BLOCK,
+    ) -> None:
+        if isinstance(queues, str):
+            queues = [q.strip() for q in queues.split(",")]
+        if not queues or any(not q for q in queues):
+            raise ConfigurationError(f"queues must be non-empty names; got {queues!r}")
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be 1 or more; got {concurrency}")
+        if heartbeat >= lease:
+            raise ConfigurationError("heartbeat must be shorter than lease, or leases expire")
+        self.app = app
+        self.queues = list(dict.fromkeys(queues))
+        self.concurrency = concurrency
+        self.burst = burst
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.grace_period = grace_period
+        self.maintenance_interval = maintenance_interval
+        self.block = block
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.processed = 0
+        self.failed = 0
+        self.abandoned_threads = 0
+        self.started_at = 0.0
+        self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
+        self._cancel_reason: dict[str, str] = {}
+        self._outcomes: list[Outcome] = []
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="afterwork-job")
+        self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._outcome_added = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self, *, immediately: bool = False) -> None:
+        """Stop claiming; running jobs get the grace period unless ``immediately``.
+
+        Safe to call from any thread (and from signal handlers).
+        """
+        loop = self._loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(self._request_stop, immediately)
+
+    def _request_stop(self, immediately: bool) -> None:
+        if immediately or self._stop.is_set():
+            self._stop_now.set()
+        self._stop.set()
+        self._slot_freed.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Work until :meth:`stop` (or, in burst mode, until nothing is left to do)."""
+        self._loop = asyncio.get_running_loop()
+        broker = await self.app.aconnect()
+        self.started_at = self.app.clock.now()
+        await broker.register_worker(self.info())
+        await broker.recover()
+        self.app.hooks.emit("on_worker_start", self)
+        logger.info(
+            "worker %s started: queues %s, concurrency %d",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            extra={"worker": self.id, "queues": self.queues},
+        )
+        settler = asyncio.create_task(self._settle_loop(broker))
+        heart = asyncio.create_task(self._heartbeat_loop(broker))
+        try:
+            await self._claim_loop(broker)
+        finally:
+            await self._drain()
+            heart.cancel()
+            settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(heart, settler, return_exceptions=True)
+            await self._flush(broker)
+            await broker.unregister_worker(self.id)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self.app.hooks.emit("on_worker_stop", self)
+            logger.info(
+                "worker %s stopped after %d jobs (%d failed)",
+                self.id,
+                self.processed,
+                self.failed,
+                extra={"worker": self.id},
+            )
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            started_at=self.started_at,
+            last_seen=self.app.clock.now(),
+            running=len(self._running),
+            processed=self.processed,
+            failed=self.failed,
+        )
+
+    # -- claiming ---------------------------------------------------------------------
+
+    async def _claim_loop(self, broker: Broker) -> None:
+        while not self._stop.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            jobs = await broker.reserve(
+                self.queues,
+                free,
+                worker=self.id,
+                lease=self.lease,
+                block=0 if self.burst else self.block,
+            )
+            if self._stop.is_set():
+                self._put_back(jobs)
+                return
+            for job in jobs:
+                task = asyncio.create_task(self._execute(job))
+                self._running[job.id] = (job, task)
+            if not jobs and self.burst:
+                if not self._running:
+                    return
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+
+    def _put_back(self, jobs: Sequence[JobRecord]) -> None:
+        for job in jobs:
+            self._report(job, OutcomeKind.REQUEUE)
+
+    # -- running one job ----------------------------------------------------------------
+
+    async def _execute(self, job: JobRecord) -> None:
+        try:
+            await self._attempt(job)
+        finally:
+            del self._running[job.id]
+            self._cancel_reason.pop(job.id, None)
+            self._slot_freed.set()
+
+    async def _attempt(self, job: JobRecord) -> None:
+        try:
+            task = self.app.resolve_task(job.task)
+            args, kwargs = decode_arguments(self.app.serializer, job.payload)
+        except (UnknownTask, SerializationError) as exc:
+            self._dead_letter(job, error_info(exc))
+            return
+        hooks = self.app.hooks
+        hooks.emit("before_run", self, job)
+        try:
+            result = await self._call(task, job, args, kwargs)
+            payload = self.app.serializer.dumps(result) if result is not None else None
+        except asyncio.CancelledError:
+            hooks.emit("after_run", self, job, None, None)
+            reason = self._cancel_reason.get(job.id, _SHUTDOWN)
+            self._report(
+                job, OutcomeKind.CANCELLED if reason == _CANCELLED else OutcomeKind.REQUEUE
+            )
+            return
+        except Exception as exc:
+            hooks.emit("after_run", self, job, None, exc)
+            self._failed_attempt(task, job, exc)
+            return
+        hooks.emit("after_run", self, job, result, None)
+        self.processed += 1
+        self._report(job, OutcomeKind.SUCCEEDED, result=payload)
+
+    async def _call(
+        self, task: Task[Any, Any], job: JobRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        timeout = job.timeout
+        if task.is_async:
+            if timeout is None:
+                return await task.func(*args, **kwargs)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await task.func(*args, **kwargs)
+            except TimeoutError as exc:
+                if self._cancel_reason.get(job.id) is None:
+                    raise JobTimeout(
+                        f"{task.name} ran longer than its timeout of {timeout}s"
+                    ) from exc
+                raise
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, lambda: task.func(*args, **kwargs))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.abandoned_threads += 1
+            logger.warning(
+                "%s (job %s) passed its timeout of %ss; a thread cannot be stopped, so it is "
+                "abandoned and keeps running in the background",
+                task.name,
+                job.id,
+                timeout,
+                extra={"task": task.name, "job_id": job.id},
+            )
+            raise JobTimeout(f"{task.name} ran longer than its timeout of {timeout}s") from None
+
+    def _failed_attempt(self, task: Task[Any, Any], job: JobRecord, exc: Exception) -> None:
+        error = error_info(exc)
+        if job.attempts >= job.max_attempts:
+            self._dead_letter(job, error)
+            return
+        delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else None
+        if delay is None:
+            delay = task.retry.delay(job.attempts)
+        logger.warning(
+            "%s (job %s) failed attempt %d of %d with %s: %s; retrying in %.1fs",
+            job.task,
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            error.type,
+            error.message,
+            delay,
+            extra=self._log_fields(job, error),
+        )
+        self.app.hooks.emit("on_retry", self, job, error, delay)
+        self._report(job, OutcomeKind.RETRY, error=error, retry_at=self.app.clock.now() + delay)
+
+    def _dead_letter(self, job: JobRecord, error: ErrorInfo) -> None:
+        self.failed += 1
+        logger.error(
+            "%s (job %s) failed for good after attempt %d of %d with %s: %s",
+            job.task,
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            error.type,
+            error.message,
+            extra=self._log_fields(job, error),
+        )
+        self.app.hooks.emit("on_dead_letter", self, job, error)
+        self._report(job, OutcomeKind.FAILED, error=error)
+
+    @staticmethod
+    def _log_fields(job: JobRecord, error: ErrorInfo) -> dict[str, Any]:
+        return {
+            "task": job.task,
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "error_type": error.type,
+            "error_message": error.message,
+        }
+
+    # -- settling ---------------------------------------------------------------------
+
+    def _report(self, job: JobRecord, kind: OutcomeKind, **fields: Any) -> None:
+        self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
+        self._outcome_added.set()
+
+    async def _settle_loop(self, broker: Broker) -> None:
+        while True:
+            await self._outcome_added.wait()
+            self._outcome_added.clear()
+            await self._flush(broker)
+
+    async def _flush(self, broker: Broker) -> None:
+        """Write all pending outcomes in one call; on broker errors keep them and retry."""
+        delay = 0.1
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await broker.settle(batch)
+            except Exception as exc:
+                self._outcomes[:0] = batch
+                logger.warning(
+                    "could not settle %d outcomes (%s: %s); retrying in %.1fs",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"worker": self.id, "error_type": type(exc).__name__},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    async def _heartbeat_loop(self, broker: Broker) -> None:
+        loop = asyncio.get_running_loop()
+        next_maintenance = loop.time() + self.maintenance_interval
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._beat(broker)
+                if loop.time() >= next_maintenance:
+                    next_maintenance = loop.time() + self.maintenance_interval
+                    await broker.recover()
+            except Exception as exc:
+                logger.warning(
+                    "heartbeat failed (%s: %s); will try again",
+                    type(exc).__name__,
+                    exc,
+                    extra={"worker": self.id, "error_type": type(exc).__name__},
+                )
+
+    async def _beat(self, broker: Broker) -> None:
+        lost = await broker.extend(self.id, list(self._running), self.lease)
+        for job_id in lost:
+            entry = self._running.get(job_id)
+            if entry is not None and job_id not in self._cancel_reason:
+                logger.info(
+                    "stopping %s (job %s): it was cancelled or its lease was lost",
+                    entry[0].task,
+                    job_id,
+                    extra={"task": entry[0].task, "job_id": job_id},
+                )
+                self._cancel_reason[job_id] = _CANCELLED
+                entry[1].cancel()
+        await broker.register_worker(self.info())
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give running jobs the grace period, then put the unfinished ones back."""
+        if self._running and not self._stop_now.is_set():
+            logger.info(
+                "waiting up to %.0fs for %d running jobs",
+                self.grace_period,
+                len(self._running),
+                extra={"worker": self.id},
+            )
+            everything: asyncio.Future[Any] = asyncio.gather(
+                *(t for _, t in self._running.values()), return_exceptions=True
+            )
+            now_waiter: asyncio.Future[Any] = asyncio.ensure_future(self._stop_now.wait())
+            await asyncio.wait(
+                [everything, now_waiter],
+                timeout=self.grace_period,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            now_waiter.cancel()
+        if self._running:
+            logger.warning(
+                "putting %d unfinished jobs back in their queues",
+                len(self._running),
+                extra={"worker": self.id},
+            )
+        for job_id, (_, task) in list(self._running.items()):
+            self._cancel_reason.setdefault(job_id, _SHUTDOWN)
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*(t for _, t in self._running.values()), return_exceptions=True)
