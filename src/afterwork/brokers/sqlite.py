@@ -153,7 +153,7 @@ class SQLiteBroker(Broker):
         return self._conn
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        value: T = await self._transaction(fn)
+        value: T = await self._run(self._write, fn)
         return value
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:

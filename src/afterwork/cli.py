@@ -1,0 +1,361 @@
+"""The ``afterwork`` command: run workers and look at queues, jobs and dead letters.
+
+APP is ``module.path:attribute`` naming an :class:`Afterwork` instance, as in
+``afterwork worker myapp.jobs:jobs``. Every failure the user can fix prints one
+line on stderr and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from .app import Afterwork
+from .brokers import Broker
+from .defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE
+from .errors import AfterworkError
+from .job import JobStatus, describe
+from .report import gather_status, render_job, render_jobs, render_status
+
+T = TypeVar("T")
+logger = logging.getLogger("afterwork.cli")
+
+
+def load_app(path: str) -> Afterwork:
+    """Import ``module:attribute``; the working directory is importable, as for uvicorn."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise click.UsageError(f"APP must look like 'myapp.jobs:jobs', not {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except AfterworkError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise click.ClickException(
+                f"cannot import module {module_name!r} (from APP {path!r}); "
+                "run the command from your project's directory"
+            ) from None
+        raise
+    try:
+        app = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise click.ClickException(
+            f"module {module_name!r} has no attribute {attribute!r}"
+        ) from None
+    if not isinstance(app, Afterwork):
+        raise click.ClickException(f"{path} is a {type(app).__name__}, not an Afterwork app")
+    return app
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; afterwork errors become one clear line instead of a traceback."""
+    try:
+        return asyncio.run(coro)
+    except AfterworkError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _with_broker(app: Afterwork, fn: Callable[[Broker], Coroutine[Any, Any, T]]) -> T:
+    broker = await app.aconnect()
+    try:
+        return await fn(broker)
+    finally:
+        await app.aclose()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="afterwork")
+def main() -> None:
+    """afterwork: background jobs for Python web apps."""
+
+
+# -- worker ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option(
+    "--queues",
+    "-q",
+    default=DEFAULT_QUEUE,
+    show_default=True,
+    help="Comma-separated queues, served in this order.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Jobs run at once per process.",
+)
+@click.option(
+    "--processes",
+    "-p",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes, restarted if they die.",
+)
+@click.option("--burst", is_flag=True, help="Exit once nothing is ready or running.")
+@click.option(
+    "--grace-period",
+    default=DEFAULT_GRACE_PERIOD,
+    show_default=True,
+    type=float,
+    help="Seconds running jobs get to finish on SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(
+    app_path: str,
+    queues: str,
+    concurrency: int,
+    processes: int,
+    burst: bool,
+    grace_period: float,
+    log_level: str,
+) -> None:
+    """Run jobs from the app's queues until SIGTERM or SIGINT (twice: at once)."""
+    _setup_logging(log_level)
+    if processes > 1:
+        from .supervisor import Supervisor
+
+        args = [
+            "worker",
+            app_path,
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--grace-period",
+            str(grace_period),
+            "--log-level",
+            log_level,
+        ]
+        if burst:
+            args.append("--burst")
+        sys.exit(Supervisor(args, processes, grace_period).run())
+    app = load_app(app_path)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    the_worker = app.worker(
+        queues=queue_list, concurrency=concurrency, burst=burst, grace_period=grace_period
+    )
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            name = signal.Signals(signum).name
+            if signals == 1:
+                logger.info("%s: finishing running jobs (again to stop at once)", name)
+            else:
+                logger.warning("%s again: stopping now, putting running jobs back", name)
+            the_worker.stop(immediately=signals > 1)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await the_worker.run()
+        finally:
+            await app.aclose()
+
+    run(serve())
+    if the_worker.abandoned_threads:
+        # Threads past their timeout cannot be joined; do not hang on them at exit.
+        logging.shutdown()
+        os._exit(0)
+
+
+# -- inspection -----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(app_path: str, as_json: bool) -> None:
+    """Queues with job counts, the next jobs to run, and live workers."""
+    app = load_app(app_path)
+    data = run(_with_broker(app, gather_status))
+    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice([str(s) for s in JobStatus]),
+    help="Only jobs in this status.",
+)
+@click.option("--queue", help="Only jobs in this queue.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def jobs(app_path: str, status_: str | None, queue: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, waiting ones in the order they will run."""
+    app = load_app(app_path)
+    wanted = JobStatus(status_) if status_ else None
+    found = run(_with_broker(app, lambda b: b.list_jobs(status=wanted, queue=queue, limit=limit)))
+    now = app.clock.now()
+    if as_json:
+        click.echo(json.dumps([describe(j, now) for j in found], indent=2))
+    else:
+        click.echo(render_jobs(found, now))
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def job(app_path: str, job_id: str, as_json: bool) -> None:
+    """Show one job, with its error and traceback if it failed."""
+    app = load_app(app_path)
+    found = run(_with_broker(app, lambda b: b.get(job_id)))
+    if found is None:
+        raise click.ClickException(f"no job with id {job_id} (it may have expired)")
+    now = app.clock.now()
+    if as_json:
+        data = describe(found, now)
+        data["traceback"] = found.error.traceback if found.error else None
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_job(found, now))
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.argument("action", type=click.Choice(["list", "retry", "purge"]))
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every dead letter (retry, purge).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def dlq(app_path: str, action: str, job_ids: tuple[str, ...], every: bool, limit: int) -> None:
+    """The dead-letter queue: list it, retry jobs with fresh attempts, or purge them.
+
+    \b
+    afterwork dlq APP list
+    afterwork dlq APP retry ID [ID ...] | --all
+    afterwork dlq APP purge ID [ID ...] | --all
+    """
+    app = load_app(app_path)
+    if action == "list":
+        found = run(_with_broker(app, lambda b: b.list_jobs(status=JobStatus.FAILED, limit=limit)))
+        click.echo(render_jobs(found, app.clock.now()))
+        return
+    if every == bool(job_ids):
+        raise click.UsageError(f"give the job ids to {action}, or --all (not both)")
+    ids = None if every else list(job_ids)
+    if action == "retry":
+        count = run(_with_broker(app, lambda b: b.retry_failed(ids)))
+        click.echo(f"{count} job{'s' if count != 1 else ''} queued again")
+    else:
+        count = run(_with_broker(app, lambda b: b.purge(ids)))
+        click.echo(f"{count} job{'s' if count != 1 else ''} purged")
+    if ids is not None and count < len(ids):
+        raise click.ClickException(
+            f"{len(ids) - count} of the ids are not in the dead-letter queue"
+        )
+
+
+# -- deployment -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--queues", "-q", default=DEFAULT_QUEUE, show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+)
+@click.option("--user", default=None, help="User the service runs as (default: you).")
+def systemd(app_path: str, processes: int, queues: str, concurrency: int, user: str | None) -> None:
+    """Print a systemd unit that runs this app's workers."""
+    load_app(app_path)
+    executable = shlex.quote(sys.executable)
+    command = (
+        f"{executable} -m afterwork worker {shlex.quote(app_path)} --queues {shlex.quote(queues)} "
+        f"--concurrency {concurrency} --processes {processes}"
+    )
+    name = app_path.partition(":")[0].split(".")[0]
+    env = os.environ.get("AFTERWORK_URL")
+    lines = [
+        "[Unit]",
+        f"Description=afterwork workers for {name}",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"User={user or os.environ.get('USER', 'root')}",
+        f"WorkingDirectory={os.getcwd()}",
+        *([f"Environment=AFTERWORK_URL={env}"] if env else []),
+        f"ExecStart={command}",
+        "# SIGTERM lets running jobs finish; give it longer than the grace period.",
+        "KillSignal=SIGTERM",
+        f"TimeoutStopSec={int(DEFAULT_GRACE_PERIOD) + 15}",
+        "Restart=on-failure",
+        "RestartSec=2",
+        "StandardOutput=journal",
+        "StandardError=journal",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    click.echo("\n".join(lines))
+    click.echo(
+        f"\n# Save as /etc/systemd/system/{name}-worker.service, then:\n"
+        f"#   sudo systemctl daemon-reload && sudo systemctl enable --now {name}-worker\n"
+        f"#   journalctl -u {name}-worker -f",
+        err=True,
+    )
+
+
+@main.command()
+@click.option(
+    "--url",
+    default="sqlite:///afterwork-demo.db",
+    show_default=True,
+    help="Broker for the demo jobs.",
+)
+@click.option("--jobs", "count", default=60, show_default=True, type=click.IntRange(min=5))
+@click.option("--concurrency", "-c", default=8, show_default=True, type=click.IntRange(min=1))
+def demo(url: str, count: int, concurrency: int) -> None:
+    """Enqueue a realistic mix of jobs, run a worker on them, and show the outcome."""
+    from .demo import run_demo
+
+    run(run_demo(url, count, concurrency))

@@ -1,0 +1,136 @@
+"""What ``afterwork status`` shows: gathered from the broker's read side, rendered as text or JSON.
+
+Kept apart from the command line so the dashboard can serve the same data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+
+from .brokers import Broker
+from .defaults import WORKER_STALE_AFTER
+from .job import JobRecord, JobStatus, describe
+
+STATUS_COLUMNS = [
+    JobStatus.SCHEDULED,
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.RETRYING,
+    JobStatus.FAILED,
+    JobStatus.SUCCEEDED,
+    JobStatus.CANCELLED,
+]
+
+
+async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
+    """Queues with counts, the next jobs in run order, and live workers."""
+    stats = await broker.stats()
+    now = broker.clock.now()
+    upcoming = await broker.list_jobs(status=JobStatus.QUEUED, limit=next_limit)
+    workers = await broker.workers(WORKER_STALE_AFTER)
+    return {
+        "queues": {
+            queue: {str(s): counts.get(str(s), 0) for s in STATUS_COLUMNS}
+            for queue, counts in sorted(stats.items())
+        },
+        "next": [describe(job, now) for job in upcoming],
+        "workers": [msgspec.to_builtins(w) for w in workers],
+    }
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain left-aligned text table; numbers are right-aligned."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(r[i], int) for r in rows) and bool(rows) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.rjust(width) if num else cell.ljust(width)
+            for cell, width, num in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render_status(status: dict[str, Any]) -> str:
+    queues = status["queues"]
+    out = ["Queues"]
+    if queues:
+        headers = ["queue"] + [
+            "dead letters" if s == JobStatus.FAILED else str(s) for s in STATUS_COLUMNS
+        ]
+        rows = [[q] + [counts[str(s)] for s in STATUS_COLUMNS] for q, counts in queues.items()]
+        out.append(table(headers, rows))
+    else:
+        out.append("  no jobs")
+    out += ["", "Next to run"]
+    if status["next"]:
+        rows = [
+            [j["id"], j["task"], j["queue"], j["priority"], when(j["run_at"])]
+            for j in status["next"]
+        ]
+        out.append(table(["id", "task", "queue", "priority", "due"], rows))
+    else:
+        out.append("  nothing is waiting")
+    out += ["", "Workers"]
+    if status["workers"]:
+        rows = [
+            [
+                w["id"],
+                ",".join(w["queues"]),
+                w["concurrency"],
+                w["running"],
+                w["processed"],
+                w["failed"],
+                when(w["last_seen"]),
+            ]
+            for w in status["workers"]
+        ]
+        out.append(
+            table(["worker", "queues", "concurrency", "running", "done", "failed", "seen"], rows)
+        )
+    else:
+        out.append("  no live workers")
+    return "\n".join(out)
+
+
+def render_jobs(jobs: list[JobRecord], now: float) -> str:
+    if not jobs:
+        return "no jobs"
+    rows = [
+        [
+            j.id,
+            j.task,
+            j.queue,
+            str(j.status_at(now)),
+            f"{j.attempts}/{j.max_attempts}",
+            when(j.finished_at or j.started_at or j.run_at),
+            j.error.type if j.error else "",
+        ]
+        for j in jobs
+    ]
+    return table(["id", "task", "queue", "status", "attempts", "when", "error"], rows)
+
+
+def render_job(job: JobRecord, now: float) -> str:
+    data = describe(job, now)
+    lines = [
+        f"{key:13} {when(value) if key.endswith('_at') else value}"
+        for key, value in data.items()
+        if key != "error"
+    ]
+    if job.error:
+        lines += ["", f"error         {job.error.type}: {job.error.message}"]
+        if job.error.traceback:
+            lines += ["", job.error.traceback.rstrip()]
+    return "\n".join(lines)
