@@ -7,6 +7,8 @@ so the worker, the CLI and the dashboard read them the same way.
 from __future__ import annotations
 
 import enum
+import os
+import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
     from .app import Afterwork
 
 R = TypeVar("R")
+
+
+def new_job_id() -> str:
+    """32 hex digits: microseconds since the epoch, then 72 random bits.
+
+    Ids sort by creation time, so indexes on them grow at one end and a
+    listing by id reads in enqueue order.
+    """
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
 
 
 class JobStatus(enum.StrEnum):

@@ -10,7 +10,6 @@ import copy
 import difflib
 import inspect
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .defaults import MAX_PRIORITY, MIN_PRIORITY
 from .errors import PayloadTooLarge, TaskConfigurationError
-from .job import JobHandle, JobRecord, JobStatus
+from .job import JobHandle, JobRecord, JobStatus, new_job_id
 from .retry import RetryPolicy
 from .schedule import DurationLike, parse_duration, to_timestamp
 from .serialization import encode_arguments
@@ -194,7 +193,7 @@ class Task(Generic[P, R]):
         now = app.clock.now()
         run_at = self.run_at if self.run_at is not None else now + (self.delay or 0.0)
         return JobRecord(
-            id=uuid.uuid4().hex,
+            id=new_job_id(),
             task=self.name,
             queue=self.queue,
             priority=self.priority,

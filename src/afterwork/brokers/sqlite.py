@@ -14,7 +14,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -87,74 +86,67 @@ class SQLiteBroker(Broker):
             self.ready_signal, self.settled_signal = _signals.setdefault(
                 self.path, (Notifier(), Notifier())
             )
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._connect_lock = threading.Lock()
-        self._data_version = -1
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._schema_ready = False
 
     # -- plumbing ---------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            await self.connect()
-        assert self._executor is not None
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+        """Run a statement batch on this thread's own connection.
 
-    def _open(self) -> None:
+        Statements take tens of microseconds, less than a hop to another
+        thread would; WAL lets readers go on while another process writes.
+        """
+        return fn(*args)
+
+    def _db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+                self.path,
+                isolation_level=None,
+                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,  # only so close() may run on another thread
             )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < _SCHEMA_VERSION:
-                conn.executescript(Q["schema"])
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if not self._schema_ready:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < _SCHEMA_VERSION:
+                    conn.executescript(Q["schema"])
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                self._schema_ready = True
         except sqlite3.DatabaseError as exc:
             raise BrokerConnectionError(
                 f"cannot open SQLite database {self.path}: {exc}; check that the directory "
                 "exists and is writable and that the file is a SQLite database"
             ) from exc
-        self._conn = conn
+        return conn
 
     async def connect(self) -> None:
-        # Opening takes milliseconds; doing it under a plain lock keeps two
-        # callers (on any loops) from opening twice.
-        with self._connect_lock:
-            if self._executor is not None:
-                return
-            executor = ThreadPoolExecutor(1, thread_name_prefix="afterwork-sqlite")
-            try:
-                executor.submit(self._open).result()
-            except BaseException:
-                executor.shutdown(wait=False)
-                raise
-            self._executor = executor
+        self._db()
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        conn = self._conn
-
-        def _close() -> None:
-            if conn is not None:
-                conn.close()
-
-        await asyncio.wrap_future(executor.submit(_close))
-        executor.shutdown(wait=False)
-        self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        value: T = await self._run(self._write, fn)
-        return value
+        return self._write(fn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one immediate transaction: other writers wait, none interleave."""

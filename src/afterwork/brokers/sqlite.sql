@@ -1,10 +1,13 @@
 -- afterwork's SQLite schema and queries. One table holds every job; partial
 -- indexes keep the claim query and the unique-key check fast however many
 -- finished jobs wait for expiry. Times are REAL seconds since the epoch.
+-- Job ids start with the time, so the id index grows at its end; stats and
+-- listings scan the table, which costs the CLI milliseconds and spares every
+-- enqueue an index update.
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS afterwork_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     task TEXT NOT NULL,
     queue TEXT NOT NULL,
@@ -37,7 +40,6 @@ CREATE INDEX IF NOT EXISTS afterwork_jobs_leases
     ON afterwork_jobs (lease_until) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS afterwork_jobs_expiry
     ON afterwork_jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS afterwork_jobs_status ON afterwork_jobs (status, queue);
 CREATE TABLE IF NOT EXISTS afterwork_workers (
     id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL,
