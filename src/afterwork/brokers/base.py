@@ -172,7 +172,8 @@ class Broker(abc.ABC):
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Apply outcomes in one round trip. An outcome from a worker that no
         longer holds the job's lease is ignored, so a stale worker cannot
-        overwrite the attempt that replaced it."""
+        overwrite the attempt that replaced it. A retry or requeue of a job whose
+        cancel was requested cancels it instead: a cancelled job never runs again."""
 
     @abc.abstractmethod
     async def recover(self) -> int:
@@ -248,7 +249,10 @@ class Broker(abc.ABC):
 
 
 def expired_lease_outcome(record: JobRecord, now: float) -> tuple[JobStatus, ErrorInfo | None]:
-    """What a lost lease means for a job: run again, or dead-letter if it has no attempts left."""
+    """What a lost lease means for a job: run again, or dead-letter if it has no attempts
+    left, or cancelled if a cancel was requested while it ran (it must not run again)."""
+    if record.cancel_requested:
+        return JobStatus.CANCELLED, None
     if record.attempts >= record.max_attempts:
         return JobStatus.FAILED, ErrorInfo(
             "WorkerLost",

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from ..job import ACTIVE, FINISHED, WAITING, JobRecord, JobStatus
 from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo, expired_lease_outcome
 
-# (-priority, run_at, seq, id): the heap pops the job that should run first.
-_ReadyEntry = tuple[int, float, int, str]
+# (-priority, run_at, enqueue order, entry token, id): the heap pops the job that
+# should run first. A job put back keeps its enqueue order, so its place in line.
+_ReadyEntry = tuple[int, float, int, int, str]
 
 
 class MemoryBroker(Broker):
@@ -28,7 +29,8 @@ class MemoryBroker(Broker):
         super().__init__(url, **options)  # type: ignore[arg-type]
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
-        self._entry: dict[str, int] = {}  # job id -> seq of its one valid heap entry
+        self._entry: dict[str, int] = {}  # job id -> token of its one valid heap entry
+        self._order: dict[str, int] = {}  # job id -> its enqueue order
         self._ready: dict[str, list[_ReadyEntry]] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._unique: dict[str, str] = {}
@@ -36,26 +38,33 @@ class MemoryBroker(Broker):
         self._expiry: list[tuple[float, str]] = []
         self._workers: dict[str, WorkerInfo] = {}
         self._seq = itertools.count()
+        self._tokens = itertools.count()
 
     # -- internal, called with the lock held ------------------------------------------
 
     def _push(self, job: JobRecord, now: float) -> None:
-        seq = next(self._seq)
-        self._entry[job.id] = seq
+        token = next(self._tokens)
+        self._entry[job.id] = token
         if job.run_at > now:
-            heapq.heappush(self._delayed, (job.run_at, seq, job.id))
+            heapq.heappush(self._delayed, (job.run_at, token, job.id))
         else:
-            heap = self._ready.setdefault(job.queue, [])
-            heapq.heappush(heap, (-job.priority, job.run_at, seq, job.id))
+            self._push_ready(job, token)
+
+    def _push_ready(self, job: JobRecord, token: int) -> None:
+        heap = self._ready.setdefault(job.queue, [])
+        heapq.heappush(heap, (-job.priority, job.run_at, self._order[job.id], token, job.id))
 
     def _promote_due(self, now: float) -> None:
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
-            run_at, seq, job_id = heapq.heappop(delayed)
+            _, token, job_id = heapq.heappop(delayed)
             job = self._jobs.get(job_id)
-            if job is not None and self._entry.get(job_id) == seq:
-                heap = self._ready.setdefault(job.queue, [])
-                heapq.heappush(heap, (-job.priority, run_at, seq, job_id))
+            if job is not None and self._entry.get(job_id) == token:
+                self._push_ready(job, token)
+
+    def _delete(self, job_id: str) -> None:
+        del self._jobs[job_id]
+        self._order.pop(job_id, None)
 
     def _finish(self, job: JobRecord, status: JobStatus, now: float, ttl: float) -> None:
         job.status = status
@@ -83,16 +92,21 @@ class MemoryBroker(Broker):
         stored: list[JobRecord] = []
         with self._lock:
             now = self.clock.now()
-            for job in jobs:
-                if job.unique_key is not None:
-                    twin = self._unique.get(job.unique_key)
+            for given in jobs:
+                if given.id in self._jobs:  # sent twice: the job stored first stands
+                    stored.append(self._copy(self._jobs[given.id]))
+                    continue
+                if given.unique_key is not None:
+                    twin = self._unique.get(given.unique_key)
                     if twin is not None:
-                        stored.append(self._jobs[twin])
+                        stored.append(self._copy(self._jobs[twin]))
                         continue
-                    self._unique[job.unique_key] = job.id
+                    self._unique[given.unique_key] = given.id
+                job = self._copy(given)  # the caller keeps its record; we keep ours
                 self._jobs[job.id] = job
+                self._order[job.id] = next(self._seq)
                 self._push(job, now)
-                stored.append(job)
+                stored.append(self._copy(job))
         self.ready_signal.notify()
         return stored
 
@@ -106,8 +120,8 @@ class MemoryBroker(Broker):
             for queue in queues:
                 heap = self._ready.get(queue)
                 while heap and len(claimed) < limit:
-                    _, _, seq, job_id = heapq.heappop(heap)
-                    if self._entry.get(job_id) != seq:
+                    _, _, _, token, job_id = heapq.heappop(heap)
+                    if self._entry.get(job_id) != token:
                         continue
                     del self._entry[job_id]
                     job = self._jobs[job_id]
@@ -180,7 +194,9 @@ class MemoryBroker(Broker):
                 elif kind == OutcomeKind.FAILED:
                     job.error = outcome.error
                     self._finish(job, JobStatus.FAILED, now, self.dead_letter_ttl)
-                elif kind == OutcomeKind.CANCELLED:
+                elif kind == OutcomeKind.CANCELLED or job.cancel_requested:
+                    if outcome.error is not None:
+                        job.error = outcome.error
                     self._finish(job, JobStatus.CANCELLED, now, job.result_ttl)
                 elif kind == OutcomeKind.RETRY:
                     job.error = outcome.error
@@ -206,6 +222,8 @@ class MemoryBroker(Broker):
                     if status == JobStatus.FAILED:
                         job.error = error
                         self._finish(job, status, now, self.dead_letter_ttl)
+                    elif status == JobStatus.CANCELLED:
+                        self._finish(job, status, now, job.result_ttl)
                     else:
                         self._requeue(job, status, job.run_at, now)
                     recovered += 1
@@ -213,7 +231,7 @@ class MemoryBroker(Broker):
                 _, job_id = heapq.heappop(self._expiry)
                 expired = self._jobs.get(job_id)
                 if expired and expired.status in FINISHED and (expired.expires_at or 0) <= now:
-                    del self._jobs[job_id]
+                    self._delete(job_id)
         if recovered:
             self.ready_signal.notify()
             self.settled_signal.notify()
@@ -244,8 +262,9 @@ class MemoryBroker(Broker):
             ]
         if status in WAITING:
             jobs.sort(key=lambda j: (-j.priority, j.run_at, j.enqueued_at))
-        else:
-            jobs.sort(key=lambda j: -(j.finished_at or j.started_at or j.enqueued_at))
+        else:  # newest first, and of jobs that changed at the same time the last enqueued
+            jobs.reverse()
+            jobs.sort(key=lambda j: j.finished_at or j.started_at or j.enqueued_at, reverse=True)
         return jobs[:limit]
 
     async def stats(self) -> QueueStats:
@@ -260,7 +279,7 @@ class MemoryBroker(Broker):
 
     async def register_worker(self, info: WorkerInfo) -> None:
         with self._lock:
-            self._workers[info.id] = info
+            self._workers[info.id] = copy.copy(info)
 
     async def unregister_worker(self, worker_id: str) -> None:
         with self._lock:
@@ -269,10 +288,10 @@ class MemoryBroker(Broker):
     async def workers(self, alive_within: float) -> list[WorkerInfo]:
         with self._lock:
             cutoff = self.clock.now() - alive_within
-            return [w for w in self._workers.values() if w.last_seen >= cutoff]
+            return [copy.copy(w) for w in self._workers.values() if w.last_seen >= cutoff]
 
     def _failed_ids(self, job_ids: Sequence[str] | None) -> list[str]:
-        ids = self._jobs.keys() if job_ids is None else job_ids
+        ids = self._jobs.keys() if job_ids is None else dict.fromkeys(job_ids)
         return [i for i in ids if (j := self._jobs.get(i)) and j.status == JobStatus.FAILED]
 
     async def retry_failed(self, job_ids: Sequence[str] | None = None) -> int:
@@ -287,6 +306,7 @@ class MemoryBroker(Broker):
                     self._unique[job.unique_key] = job.id
                 retried += 1
                 job.attempts = 0
+                job.cancel_requested = False
                 job.finished_at = job.expires_at = None
                 job.run_at = now
                 job.status = JobStatus.QUEUED
@@ -298,7 +318,7 @@ class MemoryBroker(Broker):
         with self._lock:
             ids = self._failed_ids(job_ids)
             for job_id in ids:
-                del self._jobs[job_id]
+                self._delete(job_id)
         return len(ids)
 
     async def cancel(self, job_id: str) -> bool:

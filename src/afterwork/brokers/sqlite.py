@@ -1,10 +1,12 @@
 """``sqlite:///path.db``: the embedded default; a file, no server, survives restarts.
 
-One connection per broker, owned by one thread, so SQLite never sees two
-threads and the event loop never blocks on disk or on another process's lock.
-Jobs enqueued in this process wake waiting workers at once through a signal
-shared by every broker on the same file; other processes' writes are noticed
-by ``PRAGMA data_version``, checked every few milliseconds while idle.
+Each thread that uses a broker gets its own connection and runs statements
+itself: they take microseconds, less than a hop to another thread. A write
+waits (up to the busy timeout) while another process holds the write lock;
+WAL lets readers go on meanwhile. Jobs enqueued in this process wake waiting
+workers at once through a signal shared by every broker on the same file;
+other processes' writes are noticed by ``PRAGMA data_version``, checked every
+few milliseconds while idle.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ _worker_decoder = msgspec.json.Decoder(WorkerInfo)
 # Every broker on the same file in this process shares its signals.
 _signals: dict[str, tuple[Notifier, Notifier]] = {}
 _signals_lock = threading.Lock()
+
+# What recover() does to a job whose lease ran out, by the status it gets.
+_LEASE_LOST = {
+    JobStatus.QUEUED: "lease_lost_requeue",
+    JobStatus.FAILED: "lease_lost_fail",
+    JobStatus.CANCELLED: "lease_lost_cancel",
+}
+
+# Jobs not waiting are listed by when they last changed: finished, started or enqueued.
+_NEWEST_FIRST = "coalesce(finished_at, started_at, enqueued_at) DESC, seq DESC"
 
 # What a user-facing status means in terms of stored status and run time.
 _STATUS_FILTERS = {
@@ -111,6 +123,7 @@ class SQLiteBroker(Broker):
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -129,6 +142,8 @@ class SQLiteBroker(Broker):
                     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 self._schema_ready = True
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             raise BrokerConnectionError(
                 f"cannot open SQLite database {self.path}: {exc}; check that the directory "
                 "exists and is writable and that the file is a SQLite database"
@@ -154,10 +169,11 @@ class SQLiteBroker(Broker):
         conn.execute("BEGIN IMMEDIATE")
         try:
             value = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT leaves it open, too
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return value
 
     def _poll_interval(self) -> float:
@@ -190,28 +206,39 @@ class SQLiteBroker(Broker):
             }
             for j in jobs
         ]
-        if all(j.unique_key is None for j in jobs):
-            conn.executemany(Q["insert"], rows)
+        plain = all(j.unique_key is None for j in jobs)
+        if plain and conn.executemany(Q["insert"], rows).rowcount == len(rows):
             return list(jobs)
         stored: list[JobRecord] = []
         for job, row in zip(jobs, rows, strict=True):
             if conn.execute(Q["insert"], row).rowcount == 1:
                 stored.append(job)
-            else:
-                stored.append(
-                    _row_to_job(conn.execute(Q["find_unique"], (job.unique_key,)).fetchone())
-                )
+                continue
+            # Not stored: an active job holds its unique key, or its id is taken
+            # (a producer sending the same batch twice); return the job that is.
+            twin = None
+            if job.unique_key is not None:
+                twin = conn.execute(Q["find_unique"], (job.unique_key,)).fetchone()
+            if twin is None:
+                twin = conn.execute(Q["get"], (job.id,)).fetchone()
+            stored.append(_row_to_job(twin))
         return stored
 
     def _claim(
         self, queues: Sequence[str], limit: int, worker: str, lease: float
-    ) -> tuple[list[JobRecord], float | None]:
-        """Claim ready jobs; if none, also say when the next waiting job is due."""
+    ) -> tuple[list[JobRecord], float | None, int]:
+        """Claim ready jobs; if none, also say when the next waiting job is due.
+
+        Also returns this thread's connection's data version before the look,
+        for :meth:`_changed_elsewhere`.
+        """
         conn = self._db()
         now = self.clock.now()
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        version: int = conn.execute("PRAGMA data_version").fetchone()[0]
         if not any(conn.execute(Q["any_ready"], (q, now)).fetchone() for q in queues):
-            return [], conn.execute(Q["next_run_at"]).fetchone()[0]
+            # Only the queues served count: a job due elsewhere must not wake us.
+            due = [conn.execute(Q["next_run_at"], (q,)).fetchone()[0] for q in queues]
+            return [], min((t for t in due if t is not None), default=None), version
 
         def claim(conn: sqlite3.Connection) -> list[JobRecord]:
             claimed: list[JobRecord] = []
@@ -225,11 +252,14 @@ class SQLiteBroker(Broker):
                     break
             return claimed
 
-        return self._write(claim), None
+        return self._write(claim), None, version
 
-    def _changed_elsewhere(self) -> bool:
-        version = self._db().execute("PRAGMA data_version").fetchone()[0]
-        return bool(version != self._data_version)
+    def _changed_elsewhere(self, version: int) -> bool:
+        """Whether another connection committed since ``version`` was read on this thread.
+
+        Data versions are per connection, so both reads must be on the same thread.
+        """
+        return bool(self._db().execute("PRAGMA data_version").fetchone()[0] != version)
 
     async def reserve(
         self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0
@@ -238,7 +268,7 @@ class SQLiteBroker(Broker):
         deadline = loop.time() + block
         while True:
             generation = self.ready_signal.generation
-            jobs, next_run_at = await self._run(self._claim, queues, limit, worker, lease)
+            jobs, next_run_at, version = await self._run(self._claim, queues, limit, worker, lease)
             if jobs or loop.time() >= deadline:
                 return jobs
             wake_at = deadline
@@ -249,7 +279,7 @@ class SQLiteBroker(Broker):
                 timeout = min(SQLITE_POLL_INTERVAL, wake_at - loop.time())
                 if await self.ready_signal.wait(generation, timeout):
                     break
-                if await self._run(self._changed_elsewhere):
+                if await self._run(self._changed_elsewhere, version):
                     break
 
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
@@ -282,8 +312,11 @@ class SQLiteBroker(Broker):
                     "retry_at": outcome.retry_at if outcome.retry_at is not None else now,
                     "dead_letter_ttl": self.dead_letter_ttl,
                 }
+                again = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE)
+                if again and conn.execute(Q["settle_cancel_requested"], params).rowcount:
+                    continue
                 conn.execute(Q[f"settle_{outcome.kind}"], params)
-                requeued |= outcome.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE)
+                requeued |= again
             return requeued
 
         if await self._transaction(settle):
@@ -296,10 +329,9 @@ class SQLiteBroker(Broker):
             expired = [_row_to_job(r) for r in conn.execute(Q["expired_leases"], (now,))]
             for job in expired:
                 status, error = expired_lease_outcome(job, now)
-                query = "lease_lost_fail" if status == JobStatus.FAILED else "lease_lost_requeue"
                 params = {"id": job.id, "now": now, "error": _encode_error(error)}
                 params["dead_letter_ttl"] = self.dead_letter_ttl
-                conn.execute(Q[query], params)
+                conn.execute(Q[_LEASE_LOST[status]], params)
             conn.execute(Q["delete_expired"], (now,))
             return len(expired)
 
@@ -326,7 +358,7 @@ class SQLiteBroker(Broker):
             where.append(_STATUS_FILTERS.get(status, f"status = '{status}'"))
         if queue is not None:
             where.append("queue = :queue")
-        order = "priority DESC, run_at, seq" if status in WAITING else "seq DESC"
+        order = "priority DESC, run_at, seq" if status in WAITING else _NEWEST_FIRST
         query = (
             f"SELECT * FROM afterwork_jobs WHERE {' AND '.join(where)} "
             f"ORDER BY {order} LIMIT :limit"

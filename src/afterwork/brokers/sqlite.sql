@@ -65,7 +65,8 @@ WHERE queue = ? AND status IN ('scheduled', 'queued', 'retrying') AND run_at <= 
 LIMIT 1
 
 -- name: next_run_at
-SELECT min(run_at) FROM afterwork_jobs WHERE status IN ('scheduled', 'queued', 'retrying')
+SELECT min(run_at) FROM afterwork_jobs
+WHERE queue = ? AND status IN ('scheduled', 'queued', 'retrying')
 
 -- name: claim
 UPDATE afterwork_jobs
@@ -106,6 +107,13 @@ UPDATE afterwork_jobs
 SET status = 'retrying', run_at = :retry_at, error = :error, worker = NULL, lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
+-- name: settle_cancel_requested
+-- A retry or requeue of a job whose cancel was requested cancels it instead.
+UPDATE afterwork_jobs
+SET status = 'cancelled', error = coalesce(:error, error), finished_at = :now,
+    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL
+WHERE id = :id AND status = 'running' AND worker = :worker AND cancel_requested = 1
+
 -- name: settle_requeue
 UPDATE afterwork_jobs
 SET status = 'queued', attempts = max(attempts - 1, 0), worker = NULL, lease_until = NULL
@@ -122,6 +130,12 @@ WHERE id = :id AND status = 'running' AND lease_until <= :now
 -- name: lease_lost_fail
 UPDATE afterwork_jobs
 SET status = 'failed', error = :error, finished_at = :now, expires_at = :now + :dead_letter_ttl,
+    worker = NULL, lease_until = NULL
+WHERE id = :id AND status = 'running' AND lease_until <= :now
+
+-- name: lease_lost_cancel
+UPDATE afterwork_jobs
+SET status = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
     worker = NULL, lease_until = NULL
 WHERE id = :id AND status = 'running' AND lease_until <= :now
 

@@ -1,0 +1,211 @@
+"""One behaviour suite for every broker: the fixtures that choose and build them.
+
+Every test that asks for ``broker`` runs once per entry in :data:`BROKERS`.
+A new engine joins the suite with one line there; an engine whose server is
+not running is skipped with a reason that names it, unless
+``AFTERWORK_REQUIRE_SERVICES=1`` (as in CI), where that is a failure.
+
+Time is a :class:`ManualClock`: delays, backoff, leases and expiry are tested
+by moving it forward, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+from urllib.parse import urlsplit
+
+import pytest
+
+from afterwork.brokers import Broker, create_broker, redact
+from afterwork.clock import Clock, ManualClock
+from afterwork.errors import BrokerConnectionError, MissingDependency
+from afterwork.job import JobRecord, JobStatus
+
+#: Dead letters are kept this long by the brokers under test (not the default,
+#: so a test can tell the two TTLs apart).
+DEAD_LETTER_TTL = 5_000.0
+RESULT_TTL = 1_000.0
+REQUIRE_SERVICES_ENV = "AFTERWORK_REQUIRE_SERVICES"
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """How to reach one engine from the tests.
+
+    ``url`` may contain ``{tmp_path}`` (the test's temporary directory) and
+    ``{uid}`` (unique per test, for a key prefix or schema on a shared server).
+    Engines that need a server name it in ``engine``; ``env`` names a variable
+    that overrides the URL.
+    """
+
+    url: str
+    engine: str | None = None
+    env: str | None = None
+
+    def resolve(self, tmp_path: Path) -> str:
+        url = os.environ.get(self.env, self.url) if self.env else self.url
+        return url.format(tmp_path=tmp_path, uid=uuid.uuid4().hex[:12])
+
+
+BROKERS: dict[str, BrokerSpec] = {
+    "memory": BrokerSpec("memory://"),
+    "sqlite": BrokerSpec("sqlite:///{tmp_path}/x.db"),
+    # "redis": BrokerSpec("redis://localhost:6379/15", "Redis", "AFTERWORK_TEST_REDIS_URL"),
+}
+
+_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
+_DEFAULT_PORTS |= {"amqp": 5672, "amqps": 5671}
+
+
+def service_unavailable(engine: str, url: str, reason: object) -> NoReturn:
+    """Skip the test because ``engine`` cannot be used, or fail if services are required."""
+    message = f"{engine} is not available at {redact(url)}: {reason}"
+    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_SERVICES_ENV}=1 requires it)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_service(engine: str, url: str, timeout: float = 1.0) -> None:
+    """Make sure the server behind ``url`` accepts connections, else skip (or fail)."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(timeout)
+                sock.connect(parts.path)
+        else:
+            address = (parts.hostname or "localhost", parts.port or _DEFAULT_PORTS[parts.scheme])
+            socket.create_connection(address, timeout=timeout).close()
+    except OSError as exc:
+        service_unavailable(engine, url, exc)
+
+
+class BrokerFactory(Protocol):
+    def __call__(self, *, clock: Clock | None = None) -> Awaitable[Broker]: ...
+
+
+class JobFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        queue: str = ...,
+        priority: int = ...,
+        delay: float = ...,
+        unique_key: str | None = ...,
+        max_attempts: int = ...,
+        result_ttl: float = ...,
+        clock: Clock | None = ...,
+    ) -> JobRecord: ...
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=list(BROKERS))
+def broker_spec(request: pytest.FixtureRequest) -> BrokerSpec:
+    return BROKERS[request.param]
+
+
+@pytest.fixture
+def broker_url(broker_spec: BrokerSpec, tmp_path: Path) -> str:
+    spec = broker_spec
+    url = spec.resolve(tmp_path)
+    if spec.engine is not None:
+        require_service(spec.engine, url)
+    return url
+
+
+@pytest.fixture
+async def make_broker(
+    broker_spec: BrokerSpec, broker_url: str, clock: ManualClock
+) -> AsyncIterator[BrokerFactory]:
+    """Connected brokers on the test's engine (the same store when it is durable).
+
+    Each call opens a separate instance, so for a durable engine that is a
+    separate connection; all are closed after the test.
+    """
+    engine = broker_spec.engine
+    manual_clock = clock
+    opened: list[Broker] = []
+
+    async def make(*, clock: Clock | None = None) -> Broker:
+        used = clock if clock is not None else manual_clock
+        try:
+            broker = create_broker(broker_url, clock=used, dead_letter_ttl=DEAD_LETTER_TTL)
+            await broker.connect()
+        except (BrokerConnectionError, MissingDependency) as exc:
+            if engine is None:
+                raise
+            service_unavailable(engine, broker_url, exc)
+        opened.append(broker)
+        return broker
+
+    yield make
+    for broker in reversed(opened):
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(make_broker: BrokerFactory) -> Broker:
+    return await make_broker()
+
+
+@pytest.fixture
+def make_job(clock: ManualClock) -> JobFactory:
+    """Build job records as a task's ``prepare`` would; ids sort in creation order."""
+    counter = itertools.count()
+    run = uuid.uuid4().hex[:6]
+    manual_clock = clock
+
+    def make(
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        unique_key: str | None = None,
+        max_attempts: int = 3,
+        result_ttl: float = RESULT_TTL,
+        clock: Clock | None = None,
+    ) -> JobRecord:
+        now = (clock or manual_clock).now()
+        return JobRecord(
+            id=f"job-{run}-{next(counter):05d}",
+            task="tests.noop",
+            queue=queue,
+            priority=priority,
+            payload=b'{"args":[],"kwargs":{}}',
+            status=JobStatus.SCHEDULED if delay > 0 else JobStatus.QUEUED,
+            run_at=now + delay,
+            enqueued_at=now,
+            max_attempts=max_attempts,
+            result_ttl=result_ttl,
+            unique_key=unique_key,
+        )
+
+    return make
+
+
+@pytest.fixture
+def claim(broker: Broker) -> Callable[..., Awaitable[list[JobRecord]]]:
+    """``reserve`` with the suite's usual worker, lease and queue."""
+
+    async def claim(
+        limit: int = 100,
+        *,
+        queues: tuple[str, ...] = ("default",),
+        worker: str = "w1",
+        lease: float = 30.0,
+        **options: Any,
+    ) -> list[JobRecord]:
+        return await broker.reserve(queues, limit, worker=worker, lease=lease, **options)
+
+    return claim

@@ -1,0 +1,140 @@
+"""What only the SQLite broker does: open a file, explain why it cannot, keep jobs on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from afterwork.brokers import create_broker
+from afterwork.brokers.sqlite import SQLiteBroker
+from afterwork.clock import Clock, ManualClock
+from afterwork.errors import BrokerConnectionError, InvalidURL
+from afterwork.job import JobRecord, JobStatus
+
+
+def job(job_id: str, clock: Clock, queue: str = "default") -> JobRecord:
+    now = clock.now()
+    return JobRecord(
+        id=job_id,
+        task="tests.noop",
+        queue=queue,
+        priority=0,
+        payload=b"{}",
+        status=JobStatus.QUEUED,
+        run_at=now,
+        enqueued_at=now,
+        max_attempts=3,
+        result_ttl=60.0,
+    )
+
+
+async def test_a_path_whose_directory_does_not_exist_raises_broker_connection_error(
+    tmp_path: Path,
+):
+    path = tmp_path / "missing" / "jobs.db"
+    broker = create_broker(f"sqlite:///{path}", clock=ManualClock())
+
+    with pytest.raises(BrokerConnectionError, match=str(path)):
+        await broker.connect()
+
+
+async def test_a_file_that_is_not_a_sqlite_database_raises_broker_connection_error(
+    tmp_path: Path,
+):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    broker = create_broker(f"sqlite:///{path}", clock=ManualClock())
+
+    with pytest.raises(BrokerConnectionError, match=str(path)) as raised:
+        await broker.connect()
+
+    assert "not a database" in str(raised.value)
+    assert path.read_bytes().startswith(b"these are my notes")
+
+
+async def test_a_broker_that_failed_to_connect_can_connect_once_the_problem_is_fixed(
+    tmp_path: Path,
+):
+    directory = tmp_path / "later"
+    broker = create_broker(f"sqlite:///{directory}/jobs.db", clock=ManualClock())
+    with pytest.raises(BrokerConnectionError):
+        await broker.connect()
+
+    directory.mkdir()
+    await broker.connect()
+    try:
+        assert await broker.stats() == {}
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///", "sqlite://host/jobs.db", "sqlite:jobs.db", "sqlite://jobs.db"],
+)
+def test_an_invalid_sqlite_url_raises_invalid_url(url: str):
+    with pytest.raises(InvalidURL, match=re.escape(repr(url))):
+        create_broker(url, clock=ManualClock())
+
+
+def test_a_url_with_three_slashes_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+
+    relative = create_broker("sqlite:///data/jobs.db", clock=ManualClock())
+    absolute = create_broker(f"sqlite:///{tmp_path}/jobs.db", clock=ManualClock())
+
+    assert isinstance(relative, SQLiteBroker)
+    assert isinstance(absolute, SQLiteBroker)
+    assert relative.path == str(tmp_path / "data" / "jobs.db")
+    assert absolute.path == str(tmp_path / "jobs.db")
+
+
+async def test_jobs_survive_a_new_broker_on_the_same_file(tmp_path: Path):
+    clock = ManualClock()
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    first = create_broker(url, clock=clock)
+    await first.connect()
+    await first.enqueue([job("kept", clock)])
+    await first.close()
+
+    second = create_broker(url, clock=clock)
+    await second.connect()
+    try:
+        [claimed] = await second.reserve(["default"], 10, worker="w1", lease=30)
+    finally:
+        await second.close()
+
+    assert claimed.id == "kept"
+
+
+async def test_a_blocked_reserve_does_not_poll_for_jobs_in_queues_it_does_not_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    clock = Clock()
+    broker = create_broker(f"sqlite:///{tmp_path}/jobs.db", clock=clock)
+    assert isinstance(broker, SQLiteBroker)
+    await broker.connect()
+    claims = 0
+    claim = broker._claim
+
+    def counting_claim(*args):
+        nonlocal claims
+        claims += 1
+        return claim(*args)
+
+    monkeypatch.setattr(broker, "_claim", counting_claim)
+    try:
+        await broker.enqueue([job("elsewhere", clock, queue="other")])
+        reserved = await asyncio.wait_for(
+            broker.reserve(["default"], 1, worker="w1", lease=30, block=0.3), 5
+        )
+    finally:
+        await broker.close()
+
+    assert reserved == []
+    assert claims <= 3, f"reserve looked for work {claims} times in 0.3 s"
