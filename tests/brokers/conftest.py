@@ -1,9 +1,13 @@
 """One behaviour suite for every broker: the fixtures that choose and build them.
 
-Every test that asks for ``broker`` runs once per entry in :data:`BROKERS`.
-A new engine joins the suite with one line there; an engine whose server is
-not running is skipped with a reason that names it, unless
-``AFTERWORK_REQUIRE_SERVICES=1`` (as in CI), where that is a failure.
+Every test that asks for ``broker`` (or ``make_broker``) runs once per entry
+in :data:`BROKERS`. A new engine joins the suite with one line there, e.g.::
+
+    "redis": BrokerSpec("redis://localhost:6379/15", "Redis", "AFTERWORK_TEST_REDIS_URL"),
+
+An engine whose server is not running (or whose driver is not installed) is
+skipped with a reason that names it, unless ``AFTERWORK_REQUIRE_SERVICES=1``
+(as in CI), where that is a failure.
 
 Time is a :class:`ManualClock`: delays, backoff, leases and expiry are tested
 by moving it forward, never by sleeping.
@@ -57,7 +61,6 @@ class BrokerSpec:
 BROKERS: dict[str, BrokerSpec] = {
     "memory": BrokerSpec("memory://"),
     "sqlite": BrokerSpec("sqlite:///{tmp_path}/x.db"),
-    # "redis": BrokerSpec("redis://localhost:6379/15", "Redis", "AFTERWORK_TEST_REDIS_URL"),
 }
 
 _DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
@@ -80,7 +83,7 @@ def require_service(engine: str, url: str, timeout: float = 1.0) -> None:
             with socket.socket(socket.AF_UNIX) as sock:
                 sock.settimeout(timeout)
                 sock.connect(parts.path)
-        else:
+        elif parts.port or parts.scheme in _DEFAULT_PORTS:
             address = (parts.hostname or "localhost", parts.port or _DEFAULT_PORTS[parts.scheme])
             socket.create_connection(address, timeout=timeout).close()
     except OSError as exc:
@@ -117,10 +120,9 @@ def broker_spec(request: pytest.FixtureRequest) -> BrokerSpec:
 
 @pytest.fixture
 def broker_url(broker_spec: BrokerSpec, tmp_path: Path) -> str:
-    spec = broker_spec
-    url = spec.resolve(tmp_path)
-    if spec.engine is not None:
-        require_service(spec.engine, url)
+    url = broker_spec.resolve(tmp_path)
+    if broker_spec.engine is not None:
+        require_service(broker_spec.engine, url)
     return url
 
 

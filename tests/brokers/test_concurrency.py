@@ -62,6 +62,19 @@ async def test_concurrent_tasks_never_claim_the_same_job_twice(broker: Broker, m
     await assert_each_job_claimed_once(broker, jobs, dict(zip(workers, results, strict=True)))
 
 
+async def test_workers_on_separate_threads_never_claim_the_same_job_twice(broker: Broker, make_job):
+    jobs = [make_job() for _ in range(JOBS)]
+    await broker.enqueue(jobs)
+    workers = [f"t{i}" for i in range(3)]
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(asyncio.to_thread(asyncio.run, drain(broker, w, 5)) for w in workers)),
+        PATIENCE,
+    )
+
+    await assert_each_job_claimed_once(broker, jobs, dict(zip(workers, results, strict=True)))
+
+
 async def test_workers_on_separate_connections_never_claim_the_same_job_twice(
     broker: Broker, make_broker, make_job
 ):

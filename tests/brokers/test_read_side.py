@@ -272,6 +272,8 @@ async def test_purge_without_ids_deletes_every_dead_letter(
     assert await broker.list_jobs(status=JobStatus.FAILED) == []
     assert await broker.stats() == {"default": {"succeeded": 1, "queued": 1}}
     assert await broker.purge() == 0
+    assert await broker.purge([]) == 0
+    assert await broker.retry_failed([]) == 0
 
 
 # -- the worker registry --------------------------------------------------------------

@@ -260,6 +260,26 @@ async def test_a_batch_of_a_thousand_jobs_is_claimable_in_full(broker: Broker, m
     assert (await broker.stats())["default"] == {"running": 1000}
 
 
+async def test_a_stored_job_reads_back_exactly_as_it_was_enqueued(broker: Broker, make_job):
+    job = msgspec.structs.replace(
+        make_job(delay=12.5, unique_key="ü-key", priority=-7, queue="emails"),
+        payload=bytes(range(256)),
+        timeout=2.25,
+        task="billing.charge_card",
+    )
+
+    [stored] = await broker.enqueue([job])
+
+    assert stored == job
+    assert await broker.get(job.id) == job
+    assert await broker.get("no-such-job") is None
+
+
+async def test_enqueueing_nothing_stores_nothing(broker: Broker):
+    assert await broker.enqueue([]) == []
+    assert await broker.stats() == {}
+
+
 async def test_enqueueing_a_job_id_again_keeps_the_job_stored_first(
     broker: Broker, make_job, claim
 ):
