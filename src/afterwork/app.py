@@ -148,13 +148,16 @@ class Afterwork:
         timeout: DurationLike | None,
         result_ttl: DurationLike | None,
         unknown: dict[str, Any],
+        *,
+        ad_hoc: bool = False,
     ) -> Task[Any, Any]:
         label = getattr(func, "__qualname__", repr(func))
         where = f"task {label}"
         reject_unknown(unknown, where)
         check_importable(func, where)
         task_name = name or f"{module_name(func)}.{func.__qualname__}"
-        if not isinstance(task_name, str) or ":" in task_name:
+        # ':' marks ad hoc names ("module:function"), so a task's own name cannot use it.
+        if not isinstance(task_name, str) or (":" in task_name and not ad_hoc):
             raise TaskConfigurationError(f"{where}: name must be a string without ':'")
         existing = self.tasks.get(task_name)
         if existing is not None and existing.func is not func:
@@ -216,6 +219,14 @@ class Afterwork:
                 target = getattr(target, part)
         except (ImportError, AttributeError) as exc:
             raise UnknownTask(f"cannot import ad hoc job function {name!r}: {exc}") from exc
+        # The name must be where the function is defined, not a path through the
+        # package's imports ("app.views:os.system" would reach any imported code).
+        func = target.func if isinstance(target, Task) else target
+        if module_name(func) != module or getattr(func, "__qualname__", None) != qualname:
+            raise UnknownTask(
+                f"ad hoc job {name!r} does not name a function defined in {module}; "
+                "only functions defined in the app's own package run as ad hoc jobs"
+            )
         return self._ad_hoc_task(target)
 
     def _ad_hoc_task(self, func: Callable[..., Any]) -> Task[Any, Any]:
@@ -225,7 +236,9 @@ class Afterwork:
         name = f"{module_name(func)}:{func.__qualname__}"
         task = self.tasks.get(name)
         if task is None:
-            task = self._register(func, name, DEFAULT_QUEUE, DEFAULT_PRIORITY, None, None, None, {})
+            task = self._register(
+                func, name, DEFAULT_QUEUE, DEFAULT_PRIORITY, None, None, None, {}, ad_hoc=True
+            )
         return task
 
     # -- sending jobs -----------------------------------------------------------------
@@ -307,6 +320,6 @@ def _caller_package() -> str:
     """Top-level package of the module that created the app (outside afterwork itself)."""
     for frame_info in inspect.stack(context=0)[2:]:
         name = frame_info.frame.f_globals.get("__name__", "")
-        if not name.startswith("afterwork"):
+        if name != "afterwork" and not name.startswith("afterwork."):
             return importable_module(str(name)).split(".")[0]
     return ""

@@ -135,9 +135,17 @@ class JobHandle(Generic[R]):
         raise ResultTimeout(f"job {self.id} is still {record.status} after {timeout}s")
 
     async def acancel(self) -> bool:
-        """Cancel the job. True if it will not run (or is being stopped); False if already done."""
+        """Cancel the job. True if it will not run (or is being stopped); False if already done.
+
+        An id no broker knows raises :class:`JobNotFound`, so a typo is not taken for
+        "already finished".
+        """
         broker = await self._app.aconnect()
-        return await broker.cancel(self.id)
+        if await broker.cancel(self.id):
+            return True
+        if await broker.get(self.id) is None:
+            raise JobNotFound(f"no job with id {self.id} (it may have expired)")
+        return False
 
     def info(self) -> JobRecord:
         return self._app.portal.call(self.ainfo())

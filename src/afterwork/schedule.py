@@ -42,15 +42,17 @@ def _parse_text(text: str, what: str) -> float:
         return float(text)
     except ValueError:
         pass
-    pos, total = 0, 0.0
-    for match in _PART.finditer(text):
+    # A sign is read so that "-5s" is refused as negative, not as not understood.
+    sign, start = (-1.0, 1) if text.startswith("-") else (1.0, 0)
+    pos, total = start, 0.0
+    for match in _PART.finditer(text, start):
         if match.start() != pos:
             break
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    if pos == 0 or pos != len(text):
+    if pos == start or pos != len(text):
         raise ValueError(f"{what} {text!r} is not understood; use {_FORMS}")
-    return total
+    return sign * total
 
 
 def to_timestamp(when: datetime, *, what: str = "run_at") -> float:

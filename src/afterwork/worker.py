@@ -102,6 +102,8 @@ class Worker:
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
         self._cancel_reason: dict[str, str] = {}
         self._outcomes: list[Outcome] = []
+        self._flush_lock = asyncio.Lock()
+        self._settled_batches = 0
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="afterwork-job")
         self._stop = asyncio.Event()
         self._stop_now = asyncio.Event()
@@ -118,6 +120,9 @@ class Worker:
         """
         loop = self._loop
         if loop is None:
+            # Not running yet: nothing waits on the events, so set them here and
+            # run() returns as soon as it starts.
+            self._request_stop(immediately)
             return
         loop.call_soon_threadsafe(self._request_stop, immediately)
 
@@ -191,6 +196,7 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            settled_before = self._settled_batches
             jobs = await broker.reserve(
                 self.queues,
                 free,
@@ -206,7 +212,11 @@ class Worker:
                 self._running[job.id] = (job, task)
             if not jobs and self.burst:
                 if not self._running:
-                    return
+                    # A retry or put-back settled since the reserve may be ready now.
+                    await self._flush(broker)
+                    if self._settled_batches == settled_before:
+                        return
+                    continue
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
 
@@ -235,7 +245,6 @@ class Worker:
         hooks.emit("before_run", self, job)
         try:
             result = await self._call(task, job, args, kwargs)
-            payload = self.app.serializer.dumps(result) if result is not None else None
         except asyncio.CancelledError:
             hooks.emit("after_run", self, job, None, None)
             reason = self._cancel_reason.get(job.id, _SHUTDOWN)
@@ -248,6 +257,17 @@ class Worker:
             self._failed_attempt(task, job, exc)
             return
         hooks.emit("after_run", self, job, result, None)
+        try:
+            payload = self.app.serializer.dumps(result) if result is not None else None
+        except Exception as exc:
+            # Running the task again would return the same value, and repeat its effects.
+            error = SerializationError(
+                f"{task.name} returned a {type(result).__name__}, which cannot be stored as "
+                f"{self.app.serializer.name} ({exc}); return plain data such as an id"
+            )
+            error.__cause__ = exc
+            self._dead_letter(job, error_info(error))
+            return
         self.processed += 1
         self._report(job, OutcomeKind.SUCCEEDED, result=payload)
 
@@ -258,21 +278,32 @@ class Worker:
         if task.is_async:
             if timeout is None:
                 return await task.func(*args, **kwargs)
+            limit = asyncio.timeout(timeout)
             try:
-                async with asyncio.timeout(timeout):
+                async with limit:
                     return await task.func(*args, **kwargs)
             except TimeoutError as exc:
-                if self._cancel_reason.get(job.id) is None:
+                # Only the limit expiring is a JobTimeout; the task's own
+                # TimeoutError (an HTTP client's, say) is reported as itself.
+                if limit.expired() and self._cancel_reason.get(job.id) is None:
                     raise JobTimeout(
                         f"{task.name} ran longer than its timeout of {timeout}s"
                     ) from exc
                 raise
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, lambda: task.func(*args, **kwargs))
+        running = self._threads.submit(task.func, *args, **kwargs)
+        future = asyncio.wrap_future(running)
         try:
             return await asyncio.wait_for(future, timeout)
+        except asyncio.CancelledError:
+            if not running.done():
+                # Stopped (shutdown, cancel) while its thread runs on: it cannot be
+                # joined, so the process must not wait for it at exit.
+                self._abandon_thread()
+            raise
         except TimeoutError:
-            self.abandoned_threads += 1
+            if not future.cancelled():
+                raise  # the function's own TimeoutError: it returned, nothing is abandoned
+            self._abandon_thread()
             logger.warning(
                 "%s (job %s) passed its timeout of %ss; a thread cannot be stopped, so it is "
                 "abandoned and keeps running in the background",
@@ -282,6 +313,12 @@ class Worker:
                 extra={"task": task.name, "job_id": job.id},
             )
             raise JobTimeout(f"{task.name} ran longer than its timeout of {timeout}s") from None
+
+    def _abandon_thread(self) -> None:
+        """Leave a job's thread running; later jobs get a new pool so none waits behind it."""
+        self.abandoned_threads += 1
+        self._threads.shutdown(wait=False)
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="afterwork-job")
 
     def _failed_attempt(self, task: Task[Any, Any], job: JobRecord, exc: Exception) -> None:
         error = error_info(exc)
@@ -343,12 +380,26 @@ class Worker:
             await self._flush(broker)
 
     async def _flush(self, broker: Broker) -> None:
-        """Write all pending outcomes in one call; on broker errors keep them and retry."""
+        """Write all pending outcomes in one call; on broker errors keep them and retry.
+
+        Callers wait for a write already in flight, so when this returns every
+        outcome reported before the call is in the broker.
+        """
+        async with self._flush_lock:
+            await self._flush_locked(broker)
+
+    async def _flush_locked(self, broker: Broker) -> None:
         delay = 0.1
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
             try:
                 await broker.settle(batch)
+                self._settled_batches += 1
+            except asyncio.CancelledError:
+                # Kept for the final flush; settling the same outcome twice is harmless
+                # since the broker ignores outcomes for jobs no longer running here.
+                self._outcomes[:0] = batch
+                raise
             except Exception as exc:
                 self._outcomes[:0] = batch
                 logger.warning(

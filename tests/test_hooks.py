@@ -1,0 +1,233 @@
+"""Hooks: each point is called at its moment, and a failing hook never breaks a job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afterwork import Afterwork, ErrorInfo, Hook, JobRecord, ManualClock, Worker
+from afterwork.hooks import HookRunner
+
+events: list[tuple[Any, ...]] = []
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def broken(message: str) -> None:
+    raise ValueError(message)
+
+
+class Recorder(Hook):
+    def before_enqueue(self, job: JobRecord) -> None:
+        events.append(("before_enqueue", job.task, job.id))
+
+    def after_enqueue(self, job: JobRecord) -> None:
+        events.append(("after_enqueue", job.task, job.id))
+
+    def before_run(self, worker: Worker, job: JobRecord) -> None:
+        events.append(("before_run", job.task, job.attempts))
+
+    def after_run(
+        self, worker: Worker, job: JobRecord, result: Any, error: BaseException | None
+    ) -> None:
+        events.append(("after_run", job.task, result, type(error).__name__ if error else None))
+
+    def on_retry(self, worker: Worker, job: JobRecord, error: ErrorInfo, delay: float) -> None:
+        events.append(("on_retry", job.task, error.type, delay))
+
+    def on_dead_letter(self, worker: Worker, job: JobRecord, error: ErrorInfo) -> None:
+        events.append(("on_dead_letter", job.task, error.type, error.message))
+
+    def on_worker_start(self, worker: Worker) -> None:
+        events.append(("on_worker_start", worker.id))
+
+    def on_worker_stop(self, worker: Worker) -> None:
+        events.append(("on_worker_stop", worker.id))
+
+
+class Explodes(Hook):
+    """Every point raises."""
+
+    def before_enqueue(self, job: JobRecord) -> None:
+        raise RuntimeError("before_enqueue hook bug")
+
+    def after_enqueue(self, job: JobRecord) -> None:
+        raise RuntimeError("after_enqueue hook bug")
+
+    def before_run(self, worker: Worker, job: JobRecord) -> None:
+        raise RuntimeError("before_run hook bug")
+
+    def after_run(
+        self, worker: Worker, job: JobRecord, result: Any, error: BaseException | None
+    ) -> None:
+        raise RuntimeError("after_run hook bug")
+
+    def on_worker_start(self, worker: Worker) -> None:
+        raise RuntimeError("on_worker_start hook bug")
+
+    def on_worker_stop(self, worker: Worker) -> None:
+        raise RuntimeError("on_worker_stop hook bug")
+
+
+@pytest.fixture(autouse=True)
+def no_events() -> None:
+    events.clear()
+
+
+@pytest.fixture
+def hooked(url: str) -> Any:
+    clock = ManualClock()
+    jobs = Afterwork(url, hooks=[Recorder()], clock=clock)
+    yield jobs, clock
+    jobs.close()
+
+
+async def run_burst(app: Afterwork) -> Worker:
+    worker = app.worker(burst=True)
+    await asyncio.wait_for(worker.run(), 5)
+    return worker
+
+
+async def test_enqueue_calls_before_and_after_enqueue(hooked: Any) -> None:
+    app, _ = hooked
+    task = app.task(double)
+    handle = await task.aenqueue(1)
+    assert events == [
+        ("before_enqueue", task.name, handle.id),
+        ("after_enqueue", task.name, handle.id),
+    ]
+
+
+def test_a_batch_calls_the_enqueue_hooks_for_each_job(hooked: Any) -> None:
+    app, _ = hooked
+    task = app.task(double)
+    handles = app.enqueue_many(task.prepare(i) for i in range(2))
+    ids = [h.id for h in handles]
+    assert events == [
+        ("before_enqueue", task.name, ids[0]),
+        ("before_enqueue", task.name, ids[1]),
+        ("after_enqueue", task.name, ids[0]),
+        ("after_enqueue", task.name, ids[1]),
+    ]
+
+
+def test_after_enqueue_sees_the_job_a_unique_key_found(hooked: Any) -> None:
+    app, _ = hooked
+    task = app.task(double).using(unique_key="once")
+    first = task.enqueue(1)
+    events.clear()
+    task.enqueue(2)
+    assert events[1] == ("after_enqueue", task.name, first.id)
+
+
+async def test_a_successful_job_calls_worker_and_run_hooks_in_order(hooked: Any) -> None:
+    app, _ = hooked
+    task = app.task(double)
+    await task.aenqueue(21)
+    events.clear()
+    worker = await run_burst(app)
+    assert events == [
+        ("on_worker_start", worker.id),
+        ("before_run", task.name, 1),
+        ("after_run", task.name, 42, None),
+        ("on_worker_stop", worker.id),
+    ]
+
+
+async def test_a_failing_job_calls_on_retry_then_on_dead_letter(hooked: Any) -> None:
+    app, clock = hooked
+    task = app.task(retries=1)(broken)
+    await task.aenqueue("bad input")
+    events.clear()
+    await run_burst(app)
+    run_events = [e for e in events if e[0] not in ("on_worker_start", "on_worker_stop")]
+    assert run_events[:2] == [
+        ("before_run", task.name, 1),
+        ("after_run", task.name, None, "ValueError"),
+    ]
+    [(point, name, error_type, delay)] = run_events[2:]
+    assert (point, name, error_type) == ("on_retry", task.name, "ValueError")
+    assert 0.5 <= delay <= 1
+
+    events.clear()
+    clock.advance(3600)
+    await run_burst(app)
+    assert ("on_dead_letter", task.name, "ValueError", "bad input") in events
+    assert not [e for e in events if e[0] == "on_retry"]
+
+
+async def test_a_job_that_cannot_run_calls_on_dead_letter(hooked: Any) -> None:
+    app, _ = hooked
+    now = app.clock.now()
+    record = JobRecord(
+        id="0" * 32,
+        task="missing.task",
+        queue="default",
+        priority=0,
+        payload=b"[[], {}]",
+        status="queued",  # type: ignore[arg-type]
+        run_at=now,
+        enqueued_at=now,
+        max_attempts=3,
+        result_ttl=60,
+    )
+    await app.broker.enqueue([record])
+    await run_burst(app)
+    [dead] = [e for e in events if e[0] == "on_dead_letter"]
+    assert dead[1:3] == ("missing.task", "afterwork.errors.UnknownTask")
+    assert not [e for e in events if e[0] == "before_run"]
+
+
+async def test_a_hook_that_raises_is_logged_and_the_job_still_succeeds(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="afterwork.hooks")
+    app = Afterwork(url, hooks=[Explodes(), Recorder()])
+    try:
+        handle = await app.task(double).aenqueue(4)
+        await run_burst(app)
+        assert await handle.aresult(timeout=5) == 8
+    finally:
+        await app.aclose()
+    failed = {r.hook: r for r in caplog.records if hasattr(r, "hook")}  # type: ignore[attr-defined]
+    assert set(failed) == {
+        "before_enqueue",
+        "after_enqueue",
+        "before_run",
+        "after_run",
+        "on_worker_start",
+        "on_worker_stop",
+    }
+    for point, record in failed.items():
+        assert record.error_type == "RuntimeError"  # type: ignore[attr-defined]
+        assert f"Explodes.{point}" in record.getMessage()
+        assert record.exc_info is not None  # the hook's traceback is in the log
+    # The hooks after a failing one still run.
+    assert [e[0] for e in events if e[0] in ("before_run", "after_run")] == [
+        "before_run",
+        "after_run",
+    ]
+
+
+def test_only_points_a_hook_overrides_are_called() -> None:
+    class OnlyStart(Hook):
+        def on_worker_start(self, worker: Worker) -> None: ...
+
+    runner = HookRunner([OnlyStart()])
+    assert runner.active("on_worker_start")
+    assert not runner.active("before_enqueue")
+    assert not HookRunner([]).active("on_worker_start")
+
+
+def test_a_hook_with_no_overrides_is_accepted(tmp_path: Path) -> None:
+    app = Afterwork(f"sqlite:///{tmp_path}/jobs.db", hooks=[Hook()])
+    try:
+        assert app.task(double).enqueue(1).info().status == "queued"
+    finally:
+        app.close()
