@@ -23,7 +23,7 @@ import click
 
 from .app import Afterwork
 from .brokers import Broker
-from .defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE
+from .defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_LEASE, DEFAULT_QUEUE
 from .errors import AfterworkError
 from .job import JobStatus, describe
 from .report import gather_status, render_job, render_jobs, render_status
@@ -128,6 +128,21 @@ def main() -> None:
     help="Seconds running jobs get to finish on SIGTERM.",
 )
 @click.option(
+    "--lease",
+    default=DEFAULT_LEASE,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a claimed job stays this worker's unless renewed; "
+    "a killed worker's jobs run again this soon.",
+)
+@click.option(
+    "--heartbeat",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between lease renewals; shorter than --lease.  "
+    "[default: a third of the lease, at most 1]",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -140,10 +155,27 @@ def worker(
     processes: int,
     burst: bool,
     grace_period: float,
+    lease: float,
+    heartbeat: float | None,
     log_level: str,
 ) -> None:
     """Run jobs from the app's queues until SIGTERM or SIGINT (twice: at once)."""
     _setup_logging(log_level)
+    # Load the app and check the options here, so a mistake fails once with a
+    # clear message instead of in every supervised child, restarted forever.
+    app = load_app(app_path)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    try:
+        the_worker = app.worker(
+            queues=queue_list,
+            concurrency=concurrency,
+            burst=burst,
+            grace_period=grace_period,
+            lease=lease,
+            heartbeat=heartbeat,
+        )
+    except AfterworkError as exc:
+        raise click.ClickException(str(exc)) from None
     if processes > 1:
         from .supervisor import Supervisor
 
@@ -156,17 +188,16 @@ def worker(
             str(concurrency),
             "--grace-period",
             str(grace_period),
+            "--lease",
+            str(lease),
             "--log-level",
             log_level,
         ]
+        if heartbeat is not None:
+            args += ["--heartbeat", str(heartbeat)]
         if burst:
             args.append("--burst")
-        sys.exit(Supervisor(args, processes, grace_period).run())
-    app = load_app(app_path)
-    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
-    the_worker = app.worker(
-        queues=queue_list, concurrency=concurrency, burst=burst, grace_period=grace_period
-    )
+        sys.exit(Supervisor(args, processes, grace_period, burst=burst).run())
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -23,10 +23,22 @@ _MAX_BACKOFF = 30.0
 
 
 class Supervisor:
-    def __init__(self, child_args: Sequence[str], processes: int, grace_period: float) -> None:
+    """Keeps ``processes`` children running until a signal; with ``burst``, a child
+    that exits 0 has drained the queues and is done, and so is the parent once
+    every child is."""
+
+    def __init__(
+        self,
+        child_args: Sequence[str],
+        processes: int,
+        grace_period: float,
+        *,
+        burst: bool = False,
+    ) -> None:
         self.command = [sys.executable, "-m", "afterwork", *child_args]
         self.processes = processes
         self.grace_period = grace_period
+        self.burst = burst
         self._stop = threading.Event()
         self._signals = 0
 
@@ -42,10 +54,14 @@ class Supervisor:
             (self._spawn(), time.monotonic()) for _ in range(self.processes)
         ]
         backoff = [0.5] * self.processes
-        while not self._stop.is_set():
+        done = [False] * self.processes
+        while not self._stop.is_set() and not all(done):
             for slot, (child, started) in enumerate(children):
                 code = child.poll()
-                if code is None:
+                if code is None or done[slot]:
+                    continue
+                if code == 0 and self.burst:
+                    done[slot] = True
                     continue
                 quick = time.monotonic() - started < _QUICK_DEATH
                 backoff[slot] = min(backoff[slot] * 2, _MAX_BACKOFF) if quick else 0.5

@@ -61,7 +61,9 @@ class Worker:
 
     ``burst`` exits once nothing is ready or running. ``lease`` is how long a
     claimed job stays this worker's without renewal: a killed worker's jobs
-    run elsewhere that soon after.
+    run elsewhere that soon after. ``heartbeat`` defaults to a third of the
+    lease (at most 1s) and ``maintenance_interval`` to the lease (at most 5s),
+    so a short lease is renewed in time and expired ones are noticed promptly.
     """
 
     def __init__(
@@ -72,9 +74,9 @@ class Worker:
         concurrency: int = DEFAULT_CONCURRENCY,
         burst: bool = False,
         lease: float = DEFAULT_LEASE,
-        heartbeat: float = DEFAULT_HEARTBEAT,
+        heartbeat: float | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
-        maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL,
+        maintenance_interval: float | None = None,
         block: float = DEFAULT_BLOCK,
     ) -> None:
         if isinstance(queues, str):
@@ -83,8 +85,17 @@ class Worker:
             raise ConfigurationError(f"queues must be non-empty names; got {queues!r}")
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be 1 or more; got {concurrency}")
-        if heartbeat >= lease:
-            raise ConfigurationError("heartbeat must be shorter than lease, or leases expire")
+        if not lease > 0:
+            raise ConfigurationError(f"lease must be more than 0 seconds; got {lease}")
+        if heartbeat is None:
+            heartbeat = min(DEFAULT_HEARTBEAT, lease / 3)
+        if not 0 < heartbeat < lease:
+            raise ConfigurationError(
+                f"heartbeat ({heartbeat}s) must be more than 0 and shorter than the lease "
+                f"({lease}s), or leases expire"
+            )
+        if maintenance_interval is None:
+            maintenance_interval = min(DEFAULT_MAINTENANCE_INTERVAL, lease)
         self.app = app
         self.queues = list(dict.fromkeys(queues))
         self.concurrency = concurrency
@@ -252,7 +263,8 @@ class Worker:
                 job, OutcomeKind.CANCELLED if reason == _CANCELLED else OutcomeKind.REQUEUE
             )
             return
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # sys.exit() in a task fails that job; it must not stop the worker.
             hooks.emit("after_run", self, job, None, exc)
             self._failed_attempt(task, job, exc)
             return
@@ -320,7 +332,7 @@ class Worker:
         self._threads.shutdown(wait=False)
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="afterwork-job")
 
-    def _failed_attempt(self, task: Task[Any, Any], job: JobRecord, exc: Exception) -> None:
+    def _failed_attempt(self, task: Task[Any, Any], job: JobRecord, exc: BaseException) -> None:
         error = error_info(exc)
         if job.attempts >= job.max_attempts:
             self._dead_letter(job, error)

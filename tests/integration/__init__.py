@@ -1,0 +1,1 @@
+"""Tests that run real afterwork worker processes, supervisors and commands."""
