@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,45 +119,54 @@ def test_the_home_package_of_a_module_whose_name_starts_with_afterwork_is_its_ow
 
 
 # -- ad hoc jobs ----------------------------------------------------------------------------
+# On a durable broker an ad hoc job must be importable by name; memory:// is the
+# in-process queue instead (tests/test_inprocess.py).
 
 
-async def test_a_module_level_function_runs_as_an_ad_hoc_job(app: Afterwork) -> None:
-    handle = await app.aenqueue(record_call, 1, "two")
-    worker = app.worker(burst=True)
+@pytest.fixture
+def durable_app(tmp_path: Path) -> Iterator[Afterwork]:
+    jobs = Afterwork(f"sqlite:///{tmp_path}/jobs.db")
+    yield jobs
+    jobs.close()
+
+
+async def test_a_module_level_function_runs_as_an_ad_hoc_job(durable_app: Afterwork) -> None:
+    handle = await durable_app.aenqueue(record_call, 1, "two")
+    worker = durable_app.worker(burst=True)
     await asyncio.wait_for(worker.run(), 5)
     assert await handle.aresult(timeout=5) == "recorded"
     assert calls == [("record_call", (1, "two"))]
 
 
-def test_an_ad_hoc_job_can_be_sent_from_sync_code(app: Afterwork) -> None:
-    handle = app.enqueue(arecord_call, 3)
-    asyncio.run(app.worker(burst=True).run())
+def test_an_ad_hoc_job_can_be_sent_from_sync_code(durable_app: Afterwork) -> None:
+    handle = durable_app.enqueue(arecord_call, 3)
+    asyncio.run(durable_app.worker(burst=True).run())
     assert handle.result(timeout=5) == "arecorded"
     assert calls == [("arecord_call", (3,))]
 
 
-def test_an_ad_hoc_job_uses_the_default_queue_and_policy(app: Afterwork) -> None:
-    info = app.enqueue(record_call).info()
+def test_an_ad_hoc_job_uses_the_default_queue_and_policy(durable_app: Afterwork) -> None:
+    info = durable_app.enqueue(record_call).info()
     assert info.task == f"{__name__}:record_call"
     assert (info.queue, info.priority, info.max_attempts) == ("default", 0, 3)
 
 
-def test_a_task_passed_to_enqueue_is_sent_as_itself(app: Afterwork) -> None:
-    task = app.task(queue="special")(record_call)
-    info = app.enqueue(task, 1).info()
+def test_a_task_passed_to_enqueue_is_sent_as_itself(durable_app: Afterwork) -> None:
+    task = durable_app.task(queue="special")(record_call)
+    info = durable_app.enqueue(task, 1).info()
     assert (info.task, info.queue) == (task.name, "special")
 
 
-def test_a_lambda_is_refused_as_an_ad_hoc_job(app: Afterwork) -> None:
+def test_a_lambda_is_refused_as_an_ad_hoc_job(durable_app: Afterwork) -> None:
     with pytest.raises(TaskConfigurationError, match="lambda"):
-        app.enqueue(lambda: None)
+        durable_app.enqueue(lambda: None)
 
 
-def test_a_nested_function_is_refused_as_an_ad_hoc_job(app: Afterwork) -> None:
+def test_a_nested_function_is_refused_as_an_ad_hoc_job(durable_app: Afterwork) -> None:
     def nested() -> None: ...
 
     with pytest.raises(ValueError, match="inside another function"):
-        app.enqueue(nested)
+        durable_app.enqueue(nested)
 
 
 async def test_a_worker_that_never_saw_an_ad_hoc_function_imports_it_from_the_apps_package(

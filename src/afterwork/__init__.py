@@ -14,6 +14,7 @@ queues with workers on many machines, under one API::
 """
 
 from .app import Afterwork
+from .background import BackgroundTask, BackgroundTasks, after_response
 from .clock import Clock, ManualClock
 from .errors import (
     AfterworkError,
@@ -26,10 +27,13 @@ from .errors import (
     JobNotFound,
     JobTimeout,
     MissingDependency,
+    OutsideRequest,
     PayloadTooLarge,
     ResultTimeout,
     SerializationError,
     TaskConfigurationError,
+    TaskQueueFull,
+    TaskQueueNotRunning,
     UnknownTask,
     WorkerLost,
 )
@@ -44,6 +48,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Afterwork",
     "AfterworkError",
+    "BackgroundTask",
+    "BackgroundTasks",
     "BrokerConnectionError",
     "BrokerError",
     "Clock",
@@ -60,6 +66,7 @@ __all__ = [
     "JobTimeout",
     "ManualClock",
     "MissingDependency",
+    "OutsideRequest",
     "PayloadTooLarge",
     "ResultTimeout",
     "Retry",
@@ -67,7 +74,10 @@ __all__ = [
     "SerializationError",
     "Task",
     "TaskConfigurationError",
+    "TaskQueueFull",
+    "TaskQueueNotRunning",
     "UnknownTask",
     "Worker",
     "WorkerLost",
+    "after_response",
 ]

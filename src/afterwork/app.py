@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import importlib
 import inspect
+import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from .brokers import Broker, create_broker
 from .clock import SYSTEM_CLOCK, Clock
 from .defaults import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_DEAD_LETTER_TTL,
+    DEFAULT_GRACE_PERIOD,
     DEFAULT_MAX_PAYLOAD_SIZE,
+    DEFAULT_MAX_PENDING,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
     DEFAULT_RESULT_TTL,
     DEFAULT_URL,
     URL_ENV_VAR,
 )
-from .errors import ConfigurationError, TaskConfigurationError, UnknownTask
+from .errors import (
+    ConfigurationError,
+    TaskConfigurationError,
+    TaskQueueNotRunning,
+    UnknownTask,
+)
 from .hooks import Hook, HookRunner
+from .inprocess import LocalCall, LocalCalls, describe_callable
 from .job import JobHandle, JobRecord
 from .portal import Portal
 from .retry import RetryPolicy
@@ -42,6 +55,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+logger = logging.getLogger("afterwork")
 
 
 class Afterwork:
@@ -60,6 +74,7 @@ class Afterwork:
         result_ttl: DurationLike = DEFAULT_RESULT_TTL,
         dead_letter_ttl: DurationLike = DEFAULT_DEAD_LETTER_TTL,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+        max_pending: int = DEFAULT_MAX_PENDING,
         hooks: Iterable[Hook] = (),
         clock: Clock | None = None,
     ) -> None:
@@ -85,6 +100,13 @@ class Afterwork:
         #: Ad hoc jobs (``jobs.enqueue(func)``) may only name functions in this
         #: package: a payload can never make a worker import arbitrary code.
         self.home_package = _caller_package()
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigurationError(f"max_pending must be a positive int; got {max_pending!r}")
+        self.local_calls = LocalCalls(max_pending)
+        #: Workers of this app running in this process (embedded or not).
+        self.workers_running = 0
+        self._embedded: tuple[Worker, asyncio.Task[None]] | None = None
+        self._thread: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
 
     def __repr__(self) -> str:
         from .brokers import redact
@@ -272,13 +294,53 @@ class Afterwork:
     def enqueue(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
     ) -> JobHandle[Any]:
-        """Run a module-level function of the app's package on a worker, undecorated."""
+        """Run ``func(*args, **kwargs)`` on a worker without decorating it.
+
+        On ``memory://`` (the in-process queue) any callable works and nothing
+        is serialized. On durable brokers it must be a module-level function of
+        the app's own package, so a worker elsewhere can import it.
+        """
+        if not self.broker.durable:
+            record = self._local_record(func, args, kwargs)
+            return self.enqueue_many([record])[0]
         return self._ad_hoc_task(func).enqueue(*args, **kwargs)
 
     async def aenqueue(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
     ) -> JobHandle[Any]:
+        if not self.broker.durable:
+            record = self._local_record(func, args, kwargs)
+            return (await self.aenqueue_many([record]))[0]
         return await self._ad_hoc_task(func).aenqueue(*args, **kwargs)
+
+    def _local_record(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> JobRecord:
+        if not callable(func):
+            raise TypeError(f"enqueue() needs a callable; got {func!r}")
+        if self.workers_running == 0:
+            raise TaskQueueNotRunning(
+                f"cannot enqueue {describe_callable(func)}: the in-process queue is not running. "
+                "It runs while the app does: add AfterworkMiddleware(jobs=...) or call "
+                "await jobs.start() at startup (jobs.start_in_thread() in a WSGI app)"
+            )
+        task = func if isinstance(func, Task) else self._local_task(func)
+        record = task.prepare_local()
+        call = LocalCall(task, args, kwargs, contextvars.copy_context())
+        self.local_calls.add(record.id, call)
+        return record
+
+    def _local_task(self, func: Callable[..., Any]) -> Task[Any, Any]:
+        return Task(
+            self,
+            func,
+            name=f"local:{describe_callable(func)}",
+            queue=DEFAULT_QUEUE,
+            priority=DEFAULT_PRIORITY,
+            retry=RetryPolicy(max_attempts=1),  # fire and forget: a failure is logged
+            timeout=None,
+            result_ttl=self.result_ttl,
+        )
 
     def enqueue_many(self, records: Iterable[JobRecord]) -> list[JobHandle[Any]]:
         """Send many jobs built with ``task.prepare(...)`` in one round trip."""
@@ -298,6 +360,97 @@ class Afterwork:
         from .worker import Worker
 
         return Worker(self, **options)
+
+    # -- the embedded worker: jobs run inside the web process -------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker of this app runs in this process."""
+        return self.workers_running > 0
+
+    def queues(self) -> list[str]:
+        """Every queue a registered task uses, ``default`` first."""
+        return list(dict.fromkeys([DEFAULT_QUEUE, *(t.queue for t in self.tasks.values())]))
+
+    async def start(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        **options: Any,
+    ) -> Worker:
+        """Run a worker inside this process, on the running loop, until :meth:`stop`.
+
+        This is the in-process queue on ``memory://``; on a durable broker it is
+        an embedded worker, so queued work survives a restart with no second
+        process. Serves every known queue unless ``queues`` is given.
+        """
+        if self._embedded is not None:
+            return self._embedded[0]
+        worker = self.worker(queues=queues or self.queues(), concurrency=concurrency, **options)
+        task = asyncio.create_task(worker.run(), name="afterwork-embedded-worker")
+        started = asyncio.ensure_future(worker.wait_started())
+        await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # it failed to start (an unreachable broker, say): say why
+            started.cancel()
+            task.result()
+        self._embedded = (worker, task)
+        return worker
+
+    async def stop(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        """Stop the embedded worker, giving queued in-process jobs and running ones
+        ``grace_period`` seconds in all; what is dropped is logged."""
+        if self._embedded is None:
+            return
+        worker, task = self._embedded
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_period
+        if not self.broker.durable:
+            await self._wait_until_idle(deadline)
+        worker.grace_period = max(deadline - loop.time(), 0.0)
+        worker.stop()
+        await task
+        self._embedded = None
+        dropped = self.local_calls.clear() if not self.broker.durable else 0
+        if dropped:
+            logger.warning(
+                "the in-process queue stopped with %d jobs that never ran",
+                dropped,
+                extra={"dropped": dropped},
+            )
+
+    async def _wait_until_idle(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        broker = self.broker
+        while (remaining := deadline - loop.time()) > 0:
+            generation = broker.settled_signal.generation
+            stats = await broker.stats()
+            busy = sum(c.get(s, 0) for c in stats.values() for s in _BUSY)
+            if busy == 0:
+                return
+            await broker.settled_signal.wait(generation, min(remaining, 0.5))
+
+    def start_in_thread(self, **options: Any) -> None:
+        """:meth:`start` on a loop of its own in a daemon thread, for WSGI apps (Flask, Django)."""
+        if self._thread is not None:
+            return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="afterwork-embedded", daemon=True)
+        thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(**options), loop).result()
+        self._thread = (thread, loop)
+
+    def stop_in_thread(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        if self._thread is None:
+            return
+        thread, loop = self._thread
+        asyncio.run_coroutine_threadsafe(self.stop(grace_period=grace_period), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._thread = None
+
+
+_BUSY = ("scheduled", "queued", "retrying", "running")
 
 
 class _TaskDecorator:

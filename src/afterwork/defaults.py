@@ -18,6 +18,9 @@ DEFAULT_RESULT_TTL = 24 * 3600.0
 DEFAULT_DEAD_LETTER_TTL = 7 * 24 * 3600.0
 #: Larger payloads belong in storage, with a reference in the job.
 DEFAULT_MAX_PAYLOAD_SIZE = 1024 * 1024
+#: In-process jobs waiting at once before ``enqueue`` raises TaskQueueFull:
+#: past this the app is overloaded and a growing queue only hides it.
+DEFAULT_MAX_PENDING = 10_000
 
 DEFAULT_CONCURRENCY = 10
 #: A claimed job is the worker's for this long unless renewed; a killed

@@ -77,3 +77,15 @@ class JobFailed(AfterworkError):
 
 class WorkerLost(AfterworkError):
     """The worker running a job stopped renewing its lease (it crashed or was killed)."""
+
+
+class TaskQueueFull(AfterworkError):
+    """The in-process queue holds ``max_pending`` jobs already; shed load or raise the limit."""
+
+
+class TaskQueueNotRunning(AfterworkError):
+    """The in-process queue is not running: it starts and stops with the app (its lifespan)."""
+
+
+class OutsideRequest(AfterworkError, RuntimeError):
+    """``after_response`` was called where no request is being handled."""

@@ -190,7 +190,10 @@ class Task(Generic[P, R]):
                 f"the limit of {app.max_payload_size}; store large data elsewhere and pass a "
                 "reference, or raise Afterwork(max_payload_size=...)"
             )
-        now = app.clock.now()
+        return self._record(payload)
+
+    def _record(self, payload: bytes) -> JobRecord:
+        now = self.app.clock.now()
         run_at = self.run_at if self.run_at is not None else now + (self.delay or 0.0)
         return JobRecord(
             id=new_job_id(),
@@ -206,6 +209,10 @@ class Task(Generic[P, R]):
             timeout=self.timeout,
             unique_key=self.unique_key,
         )
+
+    def prepare_local(self) -> JobRecord:
+        """A job for the in-process queue: the call itself stays in this process."""
+        return self._record(b"")
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Send a job to the broker from sync code; returns its handle."""

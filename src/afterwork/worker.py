@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,7 @@ class Worker:
         self._settled_batches = 0
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="afterwork-job")
         self._stop = asyncio.Event()
+        self._started = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._outcome_added = asyncio.Event()
@@ -143,6 +145,10 @@ class Worker:
         self._stop.set()
         self._slot_freed.set()
 
+    async def wait_started(self) -> None:
+        """Return once :meth:`run` has connected and is about to claim jobs."""
+        await self._started.wait()
+
     @property
     def running(self) -> int:
         return len(self._running)
@@ -155,6 +161,8 @@ class Worker:
         await broker.register_worker(self.info())
         await broker.recover()
         self.app.hooks.emit("on_worker_start", self)
+        self.app.workers_running += 1
+        self._started.set()
         logger.info(
             "worker %s started: queues %s, concurrency %d",
             self.id,
@@ -172,6 +180,7 @@ class Worker:
             settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(heart, settler, return_exceptions=True)
+            self.app.workers_running -= 1
             await self._flush(broker)
             await broker.unregister_worker(self.id)
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -246,16 +255,21 @@ class Worker:
             self._slot_freed.set()
 
     async def _attempt(self, job: JobRecord) -> None:
+        local = self.app.local_calls.get(job.id)
+        context: contextvars.Context | None = None
         try:
-            task = self.app.resolve_task(job.task)
-            args, kwargs = decode_arguments(self.app.serializer, job.payload)
+            if local is not None:
+                task, args, kwargs, context = local.task, local.args, local.kwargs, local.context
+            else:
+                task = self.app.resolve_task(job.task)
+                args, kwargs = decode_arguments(self.app.serializer, job.payload)
         except (UnknownTask, SerializationError) as exc:
             self._dead_letter(job, error_info(exc))
             return
         hooks = self.app.hooks
         hooks.emit("before_run", self, job)
         try:
-            result = await self._call(task, job, args, kwargs)
+            result = await self._call(task, job, args, kwargs, context)
         except asyncio.CancelledError:
             hooks.emit("after_run", self, job, None, None)
             reason = self._cancel_reason.get(job.id, _SHUTDOWN)
@@ -284,16 +298,27 @@ class Worker:
         self._report(job, OutcomeKind.SUCCEEDED, result=payload)
 
     async def _call(
-        self, task: Task[Any, Any], job: JobRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Task[Any, Any],
+        job: JobRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: contextvars.Context | None,
     ) -> Any:
+        """Run the function: async on this loop, sync in the thread pool; in ``context``
+        (the enqueuer's, for in-process jobs) when one is given."""
         timeout = job.timeout
         if task.is_async:
+            coro = task.func(*args, **kwargs)
+            running: Awaitable[Any] = (
+                coro if context is None else asyncio.create_task(coro, context=context)
+            )
             if timeout is None:
-                return await task.func(*args, **kwargs)
+                return await running
             limit = asyncio.timeout(timeout)
             try:
                 async with limit:
-                    return await task.func(*args, **kwargs)
+                    return await running
             except TimeoutError as exc:
                 # Only the limit expiring is a JobTimeout; the task's own
                 # TimeoutError (an HTTP client's, say) is reported as itself.
@@ -302,12 +327,15 @@ class Worker:
                         f"{task.name} ran longer than its timeout of {timeout}s"
                     ) from exc
                 raise
-        running = self._threads.submit(task.func, *args, **kwargs)
-        future = asyncio.wrap_future(running)
+        if context is None:
+            thread = self._threads.submit(task.func, *args, **kwargs)
+        else:
+            thread = self._threads.submit(context.run, task.func, *args, **kwargs)
+        future = asyncio.wrap_future(thread)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.CancelledError:
-            if not running.done():
+            if not thread.done():
                 # Stopped (shutdown, cancel) while its thread runs on: it cannot be
                 # joined, so the process must not wait for it at exit.
                 self._abandon_thread()
@@ -384,6 +412,8 @@ class Worker:
     def _report(self, job: JobRecord, kind: OutcomeKind, **fields: Any) -> None:
         self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
         self._outcome_added.set()
+        if kind not in (OutcomeKind.REQUEUE, OutcomeKind.RETRY):
+            self.app.local_calls.discard(job.id)
 
     async def _settle_loop(self, broker: Broker) -> None:
         while True:

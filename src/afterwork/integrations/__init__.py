@@ -1,0 +1,1 @@
+"""Web framework integrations: ASGI (Starlette, FastAPI, Litestar, plain ASGI), Flask, Django."""
