@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import importlib
 import inspect
 import logging
@@ -29,11 +28,10 @@ from .defaults import (
 from .errors import (
     ConfigurationError,
     TaskConfigurationError,
-    TaskQueueNotRunning,
     UnknownTask,
 )
 from .hooks import Hook, HookRunner
-from .inprocess import LocalCall, LocalCalls, describe_callable
+from .inprocess import InProcessQueue, LocalJob
 from .job import JobHandle, JobRecord
 from .portal import Portal
 from .retry import RetryPolicy
@@ -102,9 +100,8 @@ class Afterwork:
         self.home_package = _caller_package()
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ConfigurationError(f"max_pending must be a positive int; got {max_pending!r}")
-        self.local_calls = LocalCalls(max_pending)
-        #: Workers of this app running in this process (embedded or not).
-        self.workers_running = 0
+        #: ``jobs.enqueue(func)`` on ``memory://``; runs while the app runs.
+        self.local_queue = InProcessQueue(max_pending=max_pending, concurrency=DEFAULT_CONCURRENCY)
         self._embedded: tuple[Worker, asyncio.Task[None]] | None = None
         self._thread: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
 
@@ -293,54 +290,24 @@ class Afterwork:
 
     def enqueue(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
-    ) -> JobHandle[Any]:
-        """Run ``func(*args, **kwargs)`` on a worker without decorating it.
+    ) -> JobHandle[Any] | LocalJob:
+        """Run ``func(*args, **kwargs)`` in the background without decorating it.
 
-        On ``memory://`` (the in-process queue) any callable works and nothing
-        is serialized. On durable brokers it must be a module-level function of
-        the app's own package, so a worker elsewhere can import it.
+        On ``memory://`` this is the in-process queue: any callable, nothing
+        serialized, the caller's context variables kept, while the app runs.
+        On durable brokers it must be a module-level function of the app's own
+        package, so a worker elsewhere can import it.
         """
         if not self.broker.durable:
-            record = self._local_record(func, args, kwargs)
-            return self.enqueue_many([record])[0]
+            return self.local_queue.submit(_unwrap(func), args, kwargs)
         return self._ad_hoc_task(func).enqueue(*args, **kwargs)
 
     async def aenqueue(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
-    ) -> JobHandle[Any]:
+    ) -> JobHandle[Any] | LocalJob:
         if not self.broker.durable:
-            record = self._local_record(func, args, kwargs)
-            return (await self.aenqueue_many([record]))[0]
+            return self.local_queue.submit(_unwrap(func), args, kwargs)
         return await self._ad_hoc_task(func).aenqueue(*args, **kwargs)
-
-    def _local_record(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> JobRecord:
-        if not callable(func):
-            raise TypeError(f"enqueue() needs a callable; got {func!r}")
-        if self.workers_running == 0:
-            raise TaskQueueNotRunning(
-                f"cannot enqueue {describe_callable(func)}: the in-process queue is not running. "
-                "It runs while the app does: add AfterworkMiddleware(jobs=...) or call "
-                "await jobs.start() at startup (jobs.start_in_thread() in a WSGI app)"
-            )
-        task = func if isinstance(func, Task) else self._local_task(func)
-        record = task.prepare_local()
-        call = LocalCall(task, args, kwargs, contextvars.copy_context())
-        self.local_calls.add(record.id, call)
-        return record
-
-    def _local_task(self, func: Callable[..., Any]) -> Task[Any, Any]:
-        return Task(
-            self,
-            func,
-            name=f"local:{describe_callable(func)}",
-            queue=DEFAULT_QUEUE,
-            priority=DEFAULT_PRIORITY,
-            retry=RetryPolicy(max_attempts=1),  # fire and forget: a failure is logged
-            timeout=None,
-            result_ttl=self.result_ttl,
-        )
 
     def enqueue_many(self, records: Iterable[JobRecord]) -> list[JobHandle[Any]]:
         """Send many jobs built with ``task.prepare(...)`` in one round trip."""
@@ -365,8 +332,8 @@ class Afterwork:
 
     @property
     def running(self) -> bool:
-        """Whether a worker of this app runs in this process."""
-        return self.workers_running > 0
+        """Whether the app's embedded worker (and in-process queue) runs in this process."""
+        return self._embedded is not None
 
     def queues(self) -> list[str]:
         """Every queue a registered task uses, ``default`` first."""
@@ -387,6 +354,9 @@ class Afterwork:
         """
         if self._embedded is not None:
             return self._embedded[0]
+        if not self.broker.durable:
+            self.local_queue.concurrency = concurrency
+            await self.local_queue.start()
         worker = self.worker(queues=queues or self.queues(), concurrency=concurrency, **options)
         task = asyncio.create_task(worker.run(), name="afterwork-embedded-worker")
         started = asyncio.ensure_future(worker.wait_started())
@@ -405,30 +375,11 @@ class Afterwork:
         worker, task = self._embedded
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_period
-        if not self.broker.durable:
-            await self._wait_until_idle(deadline)
+        await self.local_queue.stop(grace_period)
         worker.grace_period = max(deadline - loop.time(), 0.0)
         worker.stop()
         await task
         self._embedded = None
-        dropped = self.local_calls.clear() if not self.broker.durable else 0
-        if dropped:
-            logger.warning(
-                "the in-process queue stopped with %d jobs that never ran",
-                dropped,
-                extra={"dropped": dropped},
-            )
-
-    async def _wait_until_idle(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        broker = self.broker
-        while (remaining := deadline - loop.time()) > 0:
-            generation = broker.settled_signal.generation
-            stats = await broker.stats()
-            busy = sum(c.get(s, 0) for c in stats.values() for s in _BUSY)
-            if busy == 0:
-                return
-            await broker.settled_signal.wait(generation, min(remaining, 0.5))
 
     def start_in_thread(self, **options: Any) -> None:
         """:meth:`start` on a loop of its own in a daemon thread, for WSGI apps (Flask, Django)."""
@@ -450,7 +401,9 @@ class Afterwork:
         self._thread = None
 
 
-_BUSY = ("scheduled", "queued", "retrying", "running")
+def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorated task enqueued in-process runs as its plain function."""
+    return func.func if isinstance(func, Task) else func
 
 
 class _TaskDecorator:

@@ -210,10 +210,6 @@ class Task(Generic[P, R]):
             unique_key=self.unique_key,
         )
 
-    def prepare_local(self) -> JobRecord:
-        """A job for the in-process queue: the call itself stays in this process."""
-        return self._record(b"")
-
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Send a job to the broker from sync code; returns its handle."""
         record = self.prepare(*args, **kwargs)

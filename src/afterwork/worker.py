@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import socket
 import traceback
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +143,7 @@ class Worker:
             self._stop_now.set()
         self._stop.set()
         self._slot_freed.set()
+        self.app.broker.wake()
 
     async def wait_started(self) -> None:
         """Return once :meth:`run` has connected and is about to claim jobs."""
@@ -161,7 +161,6 @@ class Worker:
         await broker.register_worker(self.info())
         await broker.recover()
         self.app.hooks.emit("on_worker_start", self)
-        self.app.workers_running += 1
         self._started.set()
         logger.info(
             "worker %s started: queues %s, concurrency %d",
@@ -180,7 +179,6 @@ class Worker:
             settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(heart, settler, return_exceptions=True)
-            self.app.workers_running -= 1
             await self._flush(broker)
             await broker.unregister_worker(self.id)
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -255,21 +253,16 @@ class Worker:
             self._slot_freed.set()
 
     async def _attempt(self, job: JobRecord) -> None:
-        local = self.app.local_calls.get(job.id)
-        context: contextvars.Context | None = None
         try:
-            if local is not None:
-                task, args, kwargs, context = local.task, local.args, local.kwargs, local.context
-            else:
-                task = self.app.resolve_task(job.task)
-                args, kwargs = decode_arguments(self.app.serializer, job.payload)
+            task = self.app.resolve_task(job.task)
+            args, kwargs = decode_arguments(self.app.serializer, job.payload)
         except (UnknownTask, SerializationError) as exc:
             self._dead_letter(job, error_info(exc))
             return
         hooks = self.app.hooks
         hooks.emit("before_run", self, job)
         try:
-            result = await self._call(task, job, args, kwargs, context)
+            result = await self._call(task, job, args, kwargs)
         except asyncio.CancelledError:
             hooks.emit("after_run", self, job, None, None)
             reason = self._cancel_reason.get(job.id, _SHUTDOWN)
@@ -298,27 +291,17 @@ class Worker:
         self._report(job, OutcomeKind.SUCCEEDED, result=payload)
 
     async def _call(
-        self,
-        task: Task[Any, Any],
-        job: JobRecord,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        context: contextvars.Context | None,
+        self, task: Task[Any, Any], job: JobRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Run the function: async on this loop, sync in the thread pool; in ``context``
-        (the enqueuer's, for in-process jobs) when one is given."""
+        """Run the function: async on this loop, sync in the thread pool."""
         timeout = job.timeout
         if task.is_async:
-            coro = task.func(*args, **kwargs)
-            running: Awaitable[Any] = (
-                coro if context is None else asyncio.create_task(coro, context=context)
-            )
             if timeout is None:
-                return await running
+                return await task.func(*args, **kwargs)
             limit = asyncio.timeout(timeout)
             try:
                 async with limit:
-                    return await running
+                    return await task.func(*args, **kwargs)
             except TimeoutError as exc:
                 # Only the limit expiring is a JobTimeout; the task's own
                 # TimeoutError (an HTTP client's, say) is reported as itself.
@@ -327,10 +310,7 @@ class Worker:
                         f"{task.name} ran longer than its timeout of {timeout}s"
                     ) from exc
                 raise
-        if context is None:
-            thread = self._threads.submit(task.func, *args, **kwargs)
-        else:
-            thread = self._threads.submit(context.run, task.func, *args, **kwargs)
+        thread = self._threads.submit(task.func, *args, **kwargs)
         future = asyncio.wrap_future(thread)
         try:
             return await asyncio.wait_for(future, timeout)
@@ -412,8 +392,6 @@ class Worker:
     def _report(self, job: JobRecord, kind: OutcomeKind, **fields: Any) -> None:
         self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
         self._outcome_added.set()
-        if kind not in (OutcomeKind.REQUEUE, OutcomeKind.RETRY):
-            self.app.local_calls.discard(job.id)
 
     async def _settle_loop(self, broker: Broker) -> None:
         while True:

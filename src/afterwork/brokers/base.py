@@ -134,6 +134,11 @@ class Broker(abc.ABC):
         #: Pulsed when a job finishes; :meth:`wait` waits on it.
         self.settled_signal = Notifier()
 
+    def wake(self) -> None:
+        """Make ``reserve`` calls blocked in this process return now, empty if nothing is
+        ready; a stopping worker calls it so it does not wait out its block time."""
+        self.ready_signal.notify()
+
     async def connect(self) -> None:
         """Open connections and create what the engine needs; raise BrokerConnectionError."""
 
@@ -158,7 +163,8 @@ class Broker(abc.ABC):
 
         Queues are served in the order given, then by priority (high first),
         then by run time and enqueue order. Claiming counts the attempt. With
-        ``block`` > 0 and nothing ready, wait up to that long for work.
+        ``block`` > 0 and nothing ready, wait up to that long for work; it may
+        return empty sooner (on :meth:`wake`, say), and the caller asks again.
         """
 
     @abc.abstractmethod

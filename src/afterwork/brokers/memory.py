@@ -150,16 +150,17 @@ class MemoryBroker(Broker):
     ) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block
+        woken = False
         while True:
             generation = self.ready_signal.generation
             jobs = self._claim(queues, limit, worker, lease)
             remaining = deadline - loop.time()
-            if jobs or remaining <= 0:
+            if jobs or woken or remaining <= 0:
                 return jobs
             next_run = self._next_run_at()
             if next_run is not None:
                 remaining = min(remaining, max(next_run - self.clock.now(), 0.001))
-            await self.ready_signal.wait(generation, remaining)
+            woken = await self.ready_signal.wait(generation, remaining)
 
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
         lost: list[str] = []

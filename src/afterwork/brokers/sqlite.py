@@ -266,10 +266,11 @@ class SQLiteBroker(Broker):
     ) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block
+        woken = False
         while True:
             generation = self.ready_signal.generation
             jobs, next_run_at, version = await self._run(self._claim, queues, limit, worker, lease)
-            if jobs or loop.time() >= deadline:
+            if jobs or woken or loop.time() >= deadline:
                 return jobs
             wake_at = deadline
             if next_run_at is not None:
@@ -278,6 +279,7 @@ class SQLiteBroker(Broker):
             while loop.time() < wake_at:
                 timeout = min(SQLITE_POLL_INTERVAL, wake_at - loop.time())
                 if await self.ready_signal.wait(generation, timeout):
+                    woken = True
                     break
                 if await self._run(self._changed_elsewhere, version):
                     break
