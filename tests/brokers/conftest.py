@@ -61,6 +61,9 @@ class BrokerSpec:
 BROKERS: dict[str, BrokerSpec] = {
     "memory": BrokerSpec("memory://"),
     "sqlite": BrokerSpec("sqlite:///{tmp_path}/x.db"),
+    "redis": BrokerSpec(
+        "redis://127.0.0.1:6379/15?prefix=t{uid}", "Redis", "AFTERWORK_TEST_REDIS_URL"
+    ),
 }
 
 _DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
@@ -152,6 +155,9 @@ async def make_broker(
         return broker
 
     yield make
+    if opened and hasattr(opened[0], "delete_all"):
+        # Engines on a shared server offer delete_all(): the test leaves nothing behind.
+        await opened[0].delete_all()
     for broker in reversed(opened):
         await broker.close()
 

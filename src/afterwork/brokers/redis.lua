@@ -1,0 +1,396 @@
+-- afterwork's Redis scripts. Every change to a job's state is one of these, so
+-- it happens atomically: no other client sees a job half claimed or half settled.
+--
+-- Key schema. P is the app's key prefix (?prefix=..., default "afterwork"), Q a
+-- queue name. All keys of one queue share the hash tag {P:Q}, so on Redis
+-- Cluster a queue lives in one slot and its scripts run on one node.
+--
+--   {P:Q}:ready         zset    job id -> (100 - priority) * 1e13 + run_at in ms.
+--                               ZPOPMIN takes the highest priority, then the
+--                               earliest run time; equal scores pop in id order,
+--                               and ids are time-ordered, so ties stay FIFO.
+--   {P:Q}:scheduled     zset    job id -> run_at: delayed jobs (status scheduled)
+--   {P:Q}:retrying      zset    job id -> run_at: jobs waiting out their backoff
+--   {P:Q}:running       zset    job id -> lease_until
+--   {P:Q}:succeeded     zset    job id -> finished_at
+--   {P:Q}:cancelled     zset    job id -> finished_at
+--   {P:Q}:failed        zset    job id -> finished_at: the dead-letter queue
+--   {P:Q}:expiry        zset    job id -> expires_at, for every finished job;
+--                               recover() deletes what is due
+--   {P:Q}:job:<id>      hash    the job: one field per JobRecord field, a field
+--                               absent when its value is None; times are the
+--                               caller's clock readings as sent, so they read back
+--                               exactly. Gets PEXPIRE (its TTL plus a grace) when
+--                               it finishes, in case recover() never runs.
+--   {P:Q}:unique:<key>  string  the id of the active job that holds a unique key
+--   {P:Q}:waiters:<id>  string  how many wait() calls want to hear of the job's end
+--   {P:Q}:done:<id>     list    one token per waiter, pushed when the job finishes
+--
+-- Keys outside any queue, never touched by these scripts (the broker writes them
+-- in the same pipeline as the script calls):
+--
+--   {P}:queues          set     every queue name used, for the read side and recover()
+--   {P}:wake:<Q>        list    wake-up tokens, trimmed short: enqueue, retry and
+--                               requeue push one; an idle worker BLPOPs the lists
+--                               of the queues it serves (one slot, so one command)
+--   {P}:workers         zset    worker id -> last_seen
+--   {P}:worker:<id>     string  the worker's WorkerInfo as JSON, expiring
+--   P:where:<id>        string  the queue of a job, so get(id) can find its keys;
+--                               no hash tag, so these spread over the cluster
+--
+-- Calling convention: KEYS are the eight per-queue sets in the order listed
+-- (ready, scheduled, retrying, running, succeeded, cancelled, failed, expiry) and
+-- ARGV[1] is "{P:Q}:", from which per-job key names are built; those share the
+-- queue's hash tag, so they are in the same slot as the declared keys.
+--
+-- Every number read from a job hash goes through num(), so a field that was
+-- overwritten with garbage cannot make a script fail (and with it every claim on
+-- the queue); the broker dead-letters such a job when it decodes the claim.
+--
+-- The file is split on "-- name:" lines; "common" is prepended to every script.
+
+-- name: common
+local READY, SCHEDULED, RETRYING, RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local FINISHED = {succeeded = KEYS[5], cancelled = KEYS[6], failed = KEYS[7]}
+local EXPIRY = KEYS[8]
+local BASE = ARGV[1]
+local WAITING = {queued = true, scheduled = true, retrying = true}
+local MAX_WAKE_TOKENS = 64
+
+local function num(value, default)
+  local n = tonumber(value)
+  if n == nil or n ~= n then
+    return default
+  end
+  return n
+end
+
+local function job_key(id)
+  return BASE .. 'job:' .. id
+end
+
+-- The ready score: priority first (high first), then run time. Kept below 2^53,
+-- so it is exact: 200 * 1e13 plus milliseconds until the year 2286.
+local function make_ready(id, job)
+  local f = redis.call('HMGET', job, 'priority', 'run_at')
+  redis.call('ZADD', READY, (100 - num(f[1], 0)) * 1e13 + num(f[2], 0) * 1000, id)
+end
+
+local function set_error(job, err)
+  if err == '' then
+    redis.call('HDEL', job, 'error')
+  else
+    redis.call('HSET', job, 'error', err)
+  end
+end
+
+local function release_unique(id, job)
+  local unique = redis.call('HGET', job, 'unique_key')
+  if unique then
+    local key = BASE .. 'unique:' .. unique
+    if redis.call('GET', key) == id then
+      redis.call('DEL', key)
+    end
+  end
+end
+
+local function notify_waiters(id)
+  local waiters = BASE .. 'waiters:' .. id
+  local count = num(redis.call('GET', waiters), 0)
+  if count > 0 then
+    local done = BASE .. 'done:' .. id
+    for _ = 1, math.min(count, MAX_WAKE_TOKENS) do
+      redis.call('LPUSH', done, '1')
+    end
+    redis.call('PEXPIRE', done, 60000)
+    redis.call('DEL', waiters)
+  end
+end
+
+-- Finish a job: it leaves every waiting and running set, is kept ttl seconds in
+-- its status's set, gives up its unique key and wakes whoever waits for it.
+local function finish(id, job, status, now_text, ttl, grace)
+  local expires_at = tonumber(now_text) + ttl
+  redis.call('HSET', job, 'status', status, 'finished_at', now_text, 'expires_at', expires_at)
+  redis.call('HDEL', job, 'worker', 'lease_until')
+  redis.call('ZREM', RUNNING, id)
+  redis.call('ZREM', READY, id)
+  redis.call('ZREM', SCHEDULED, id)
+  redis.call('ZREM', RETRYING, id)
+  redis.call('ZADD', FINISHED[status], now_text, id)
+  redis.call('ZADD', EXPIRY, expires_at, id)
+  release_unique(id, job)
+  redis.call('PEXPIRE', job, math.max(math.ceil((ttl + grace) * 1000), 1000))
+  notify_waiters(id)
+end
+
+-- Put a job back in line (not counting as finished): ready now, or in `set` until `run_at`.
+local function put_back(id, job, status, now)
+  redis.call('HSET', job, 'status', status)
+  redis.call('HDEL', job, 'worker', 'lease_until')
+  redis.call('ZREM', RUNNING, id)
+  local run_at = num(redis.call('HGET', job, 'run_at'), 0)
+  if run_at > now then
+    redis.call('ZADD', status == 'retrying' and RETRYING or SCHEDULED, run_at, id)
+  else
+    make_ready(id, job)
+  end
+end
+
+-- name: enqueue
+-- ARGV: base, id, has_unique, unique_key, target ('ready' | 'scheduled' | 'retrying'),
+--       then the job's fields as name, value pairs.
+-- Returns {1} when stored, or {0, fields} of the job that stands instead: the one
+-- already stored under this id, or the active job holding the unique key.
+local id, has_unique, unique, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local job = job_key(id)
+if redis.call('EXISTS', job) == 1 then
+  return {0, redis.call('HGETALL', job)}
+end
+if has_unique == '1' then
+  local key = BASE .. 'unique:' .. unique
+  local twin = redis.call('GET', key)
+  if twin then
+    local twin_job = job_key(twin)
+    local status = redis.call('HGET', twin_job, 'status')
+    if WAITING[status] or status == 'running' then
+      return {0, redis.call('HGETALL', twin_job)}
+    end
+  end
+  redis.call('SET', key, id)
+end
+redis.call('HSET', job, unpack(ARGV, 6))
+if target == 'ready' then
+  make_ready(id, job)
+else
+  redis.call('ZADD', target == 'retrying' and RETRYING or SCHEDULED,
+    num(redis.call('HGET', job, 'run_at'), 0), id)
+end
+return {1}
+
+-- name: claim
+-- ARGV: base, now, worker, lease_until, limit, promote_max.
+-- Moves due delayed and retrying jobs to ready, then claims up to `limit` ready
+-- jobs: running, leased to the worker, the attempt counted. Returns {claimed
+-- job fields..., next_due}: next_due (when nothing was claimed) is the run time
+-- of the earliest delayed or retrying job, so the caller knows how long to sleep.
+local now_text, worker, lease_until = ARGV[2], ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[5])
+for _, set in ipairs({SCHEDULED, RETRYING}) do
+  local due = redis.call('ZRANGEBYSCORE', set, '-inf', now_text, 'LIMIT', 0, ARGV[6])
+  for _, id in ipairs(due) do
+    redis.call('ZREM', set, id)
+    make_ready(id, job_key(id))
+  end
+end
+local claimed = {}
+while #claimed < limit do
+  local popped = redis.call('ZPOPMIN', READY, limit - #claimed)
+  if #popped == 0 then
+    break
+  end
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local job = job_key(id)
+    local f = redis.call('HMGET', job, 'status', 'attempts')
+    local status = f[1] or ''
+    -- A hash that is gone or already running or finished is a stale entry: drop it.
+    -- A hash with a status we do not know is claimed, so the broker dead-letters it.
+    if redis.call('EXISTS', job) == 1 and status ~= 'running' and not FINISHED[status] then
+      redis.call('HSET', job, 'status', 'running', 'attempts', num(f[2], 0) + 1,
+        'worker', worker, 'started_at', now_text, 'lease_until', lease_until)
+      redis.call('ZADD', RUNNING, lease_until, id)
+      claimed[#claimed + 1] = redis.call('HGETALL', job)
+    end
+  end
+end
+local next_due = false
+if #claimed == 0 then
+  for _, set in ipairs({SCHEDULED, RETRYING}) do
+    local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+    if first[2] and (not next_due or tonumber(first[2]) < tonumber(next_due)) then
+      next_due = first[2]
+    end
+  end
+end
+return {claimed, next_due}
+
+-- name: extend
+-- ARGV: base, worker, lease_until, job ids...
+-- Renews the leases the worker holds; returns the ids it must stop running.
+local worker, lease_until = ARGV[2], ARGV[3]
+local lost = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local job = job_key(id)
+  local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested')
+  if f[1] == 'running' and f[2] == worker and f[3] ~= '1' then
+    redis.call('HSET', job, 'lease_until', lease_until)
+    redis.call('ZADD', RUNNING, lease_until, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+
+-- name: settle
+-- ARGV: base, id, worker, kind, now, has_result, result, error ('' for none),
+--       retry_at, dead_letter_ttl, grace.
+-- Applies one outcome if the worker still holds the job's lease; returns 1 if applied.
+local id, worker, kind, now_text = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local err, grace = ARGV[8], tonumber(ARGV[11])
+local job = job_key(id)
+local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested', 'result_ttl')
+if f[1] ~= 'running' or f[2] ~= worker then
+  return 0
+end
+local result_ttl = num(f[4], 86400)
+local again = kind == 'retry' or kind == 'requeue'
+if kind == 'succeeded' then
+  if ARGV[6] == '1' then
+    redis.call('HSET', job, 'result', ARGV[7])
+  else
+    redis.call('HDEL', job, 'result')
+  end
+  redis.call('HDEL', job, 'error')
+  finish(id, job, 'succeeded', now_text, result_ttl, grace)
+elseif kind == 'failed' then
+  set_error(job, err)
+  finish(id, job, 'failed', now_text, tonumber(ARGV[10]), grace)
+elseif kind == 'cancelled' or (again and f[3] == '1') then
+  -- A retry or requeue of a job whose cancel was requested cancels it: it never runs again.
+  if err ~= '' then
+    redis.call('HSET', job, 'error', err)
+  end
+  finish(id, job, 'cancelled', now_text, result_ttl, grace)
+elseif kind == 'retry' then
+  set_error(job, err)
+  redis.call('HSET', job, 'run_at', ARGV[9])
+  put_back(id, job, 'retrying', tonumber(now_text))
+elseif kind == 'requeue' then
+  -- The attempt did not happen as far as the job is concerned.
+  local attempts = num(redis.call('HGET', job, 'attempts'), 0)
+  redis.call('HSET', job, 'attempts', math.max(attempts - 1, 0))
+  put_back(id, job, 'queued', tonumber(now_text))
+else
+  return redis.error_reply('unknown outcome kind ' .. kind)
+end
+return 1
+
+-- name: recover
+-- ARGV: base, now, max.
+-- Deletes finished jobs whose time is up; returns {deleted ids, {id, fields} of
+-- jobs whose lease expired}. The broker decides what each lost lease means (by the
+-- rule every broker shares) and applies it with lease_lost.
+local now_text, max = ARGV[2], ARGV[3]
+local deleted = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT', 0, max)) do
+  local job = job_key(id)
+  local status = redis.call('HGET', job, 'status')
+  redis.call('ZREM', EXPIRY, id)
+  if not (WAITING[status] or status == 'running') then
+    redis.call('DEL', job)
+    redis.call('ZREM', FINISHED.succeeded, id)
+    redis.call('ZREM', FINISHED.cancelled, id)
+    redis.call('ZREM', FINISHED.failed, id)
+    deleted[#deleted + 1] = id
+  end
+end
+local lost = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', RUNNING, '-inf', now_text, 'LIMIT', 0, max)) do
+  lost[#lost + 1] = {id, redis.call('HGETALL', job_key(id))}
+end
+return {deleted, lost}
+
+-- name: lease_lost
+-- ARGV: base, id, now, status ('queued' | 'failed' | 'cancelled'), error, dead_letter_ttl, grace.
+-- Applies what recover decided for a job whose lease ran out, if it still has.
+local id, now_text, status, err = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local job = job_key(id)
+if redis.call('EXISTS', job) == 0 then
+  redis.call('ZREM', RUNNING, id)
+  return 0
+end
+local f = redis.call('HMGET', job, 'status', 'lease_until', 'result_ttl')
+local now = tonumber(now_text)
+if f[1] ~= 'running' or num(f[2], 0) > now then
+  return 0
+end
+if status == 'queued' then
+  put_back(id, job, 'queued', now)
+elseif status == 'failed' then
+  set_error(job, err)
+  finish(id, job, 'failed', now_text, tonumber(ARGV[6]), tonumber(ARGV[7]))
+else
+  finish(id, job, 'cancelled', now_text, num(f[3], 86400), tonumber(ARGV[7]))
+end
+return 1
+
+-- name: cancel
+-- ARGV: base, id, now, grace.
+-- Returns 2 if the job was waiting and is now cancelled, 1 if it runs and its
+-- worker is asked to stop it (through extend), 0 if it finished or does not exist.
+local id, now_text = ARGV[2], ARGV[3]
+local job = job_key(id)
+local f = redis.call('HMGET', job, 'status', 'result_ttl')
+if WAITING[f[1]] then
+  finish(id, job, 'cancelled', now_text, num(f[2], 86400), tonumber(ARGV[4]))
+  return 2
+elseif f[1] == 'running' then
+  redis.call('HSET', job, 'cancel_requested', '1')
+  return 1
+end
+return 0
+
+-- name: retry_failed
+-- ARGV: base, id, now.
+-- Queues a dead letter again with fresh attempts; returns 1 if it did. A dead
+-- letter whose unique key an active job holds again is left alone.
+local id, now_text = ARGV[2], ARGV[3]
+local job = job_key(id)
+local f = redis.call('HMGET', job, 'status', 'unique_key')
+if f[1] ~= 'failed' then
+  return 0
+end
+if f[2] then
+  local key = BASE .. 'unique:' .. f[2]
+  local twin = redis.call('GET', key)
+  if twin and twin ~= id then
+    local status = redis.call('HGET', job_key(twin), 'status')
+    if WAITING[status] or status == 'running' then
+      return 0
+    end
+  end
+  redis.call('SET', key, id)
+end
+redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'run_at', now_text)
+redis.call('HDEL', job, 'cancel_requested', 'finished_at', 'expires_at')
+redis.call('ZREM', FINISHED.failed, id)
+redis.call('ZREM', EXPIRY, id)
+redis.call('PERSIST', job)
+make_ready(id, job)
+return 1
+
+-- name: purge
+-- ARGV: base, id. Deletes a dead letter; returns 1 if it did.
+local id = ARGV[2]
+local job = job_key(id)
+if redis.call('HGET', job, 'status') ~= 'failed' then
+  return 0
+end
+redis.call('DEL', job)
+redis.call('ZREM', FINISHED.failed, id)
+redis.call('ZREM', EXPIRY, id)
+return 1
+
+-- name: discard
+-- ARGV: base, id. Removes a job this broker stored a moment ago under an id that
+-- turned out to belong to a job in another queue (a producer sending it twice).
+local id = ARGV[2]
+local job = job_key(id)
+release_unique(id, job)
+redis.call('ZREM', READY, id)
+redis.call('ZREM', SCHEDULED, id)
+redis.call('ZREM', RETRYING, id)
+redis.call('DEL', job)
+return 1
