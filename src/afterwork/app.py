@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from .brokers import Broker, create_broker
@@ -35,7 +36,8 @@ from .inprocess import InProcessQueue, LocalJob
 from .job import JobHandle, JobRecord
 from .portal import Portal
 from .retry import RetryPolicy
-from .schedule import DurationLike, parse_duration
+from .schedule import DurationLike, parse_duration, parse_schedule
+from .scheduler import Periodic, check_no_arguments
 from .serialization import Serializer, serializer_for
 from .task import (
     Task,
@@ -90,6 +92,8 @@ class Afterwork:
         self.hooks = HookRunner(list(hooks))
         self.portal = Portal()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Periodic tasks by name; every worker's scheduler fires them.
+        self.schedules: dict[str, Periodic] = {}
         self.broker: Broker = create_broker(
             self.url,
             clock=self.clock,
@@ -209,6 +213,41 @@ class Afterwork:
         )
         self.tasks[task_name] = task
         return task
+
+    def periodic(
+        self,
+        *,
+        every: DurationLike | None = None,
+        cron: str | None = None,
+        tz: str | tzinfo | None = None,
+        catch_up: bool = False,
+        overlap: bool = False,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        retries: int | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+        result_ttl: DurationLike | None = None,
+        **unknown: NoReturn,
+    ) -> Callable[[Callable[[], Any]], Task[[], Any]]:
+        """Run a function on a schedule: ``every="30m"`` (elapsed time) or
+        ``cron="0 2 * * *"`` in ``tz`` (UTC unless given). One job per fire,
+        however many workers run a scheduler.
+
+        ``catch_up`` runs the most recent fire missed while nothing was running
+        (once); ``overlap`` lets a fire start while the previous run still goes.
+        The other options are those of :meth:`task`; all are checked here.
+        """
+
+        def decorate(fn: Callable[[], Any]) -> Task[[], Any]:
+            where = f"periodic task {getattr(fn, '__qualname__', fn)!r}"
+            schedule = parse_schedule(every=every, cron=cron, tz=tz, where=where)
+            check_no_arguments(fn, where)
+            task = self._register(fn, name, queue, priority, retries, timeout, result_ttl, unknown)
+            self.schedules[task.name] = Periodic(task, schedule, catch_up, overlap)
+            return task
+
+        return decorate
 
     def resolve_task(self, name: str) -> Task[Any, Any]:
         """The task a job names. Ad hoc ``module:function`` names are imported,

@@ -256,7 +256,7 @@ class InProcessQueue:
             if job._state is _State.QUEUED:  # not cancelled while it waited
                 await self._call(job)
         finally:
-            self._active.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._active.discard(asyncio.current_task())
             self._running -= 1
             self._done()
             while self._backlog and self._running < self.concurrency:

@@ -32,6 +32,7 @@ from .defaults import (
 from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
 from .job import ErrorInfo, JobRecord
 from .retry import Retry
+from .scheduler import Scheduler
 from .serialization import decode_arguments
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class Worker:
         grace_period: float = DEFAULT_GRACE_PERIOD,
         maintenance_interval: float | None = None,
         block: float = DEFAULT_BLOCK,
+        scheduler: bool = True,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",")]
@@ -105,6 +107,9 @@ class Worker:
         self.grace_period = grace_period
         self.maintenance_interval = maintenance_interval
         self.block = block
+        #: Fires the app's periodic tasks from this worker (one run per fire
+        #: however many workers do); off with ``scheduler=False``.
+        self.scheduler = Scheduler(app) if scheduler and app.schedules else None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.processed = 0
         self.failed = 0
@@ -171,11 +176,15 @@ class Worker:
         )
         settler = asyncio.create_task(self._settle_loop(broker))
         heart = asyncio.create_task(self._heartbeat_loop(broker))
+        schedules = asyncio.create_task(self.scheduler.run()) if self.scheduler else None
         try:
             await self._claim_loop(broker)
         finally:
             await self._drain()
             heart.cancel()
+            if self.scheduler is not None and schedules is not None:
+                self.scheduler.stop()
+                await schedules
             settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(heart, settler, return_exceptions=True)

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidURL, MissingDependency
-from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo
+from .base import Broker, Outcome, OutcomeKind, QueueStats, ScheduleState, WorkerInfo
 
 # scheme -> (module, class, extra that installs its driver)
 _ENGINES: dict[str, tuple[str, str, str | None]] = {
@@ -64,6 +64,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "QueueStats",
+    "ScheduleState",
     "WorkerInfo",
     "broker_class",
     "create_broker",

@@ -54,6 +54,14 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     failed: int = 0
 
 
+class ScheduleState(msgspec.Struct, kw_only=True):
+    """The last fire of a periodic task, as every scheduler sees it."""
+
+    name: str
+    last_fire: float
+    last_job: str | None = None
+
+
 QueueStats = dict[str, dict[str, int]]
 """Per queue, the number of jobs in each status (as :meth:`JobRecord.status_at` sees it)."""
 
@@ -186,6 +194,20 @@ class Broker(abc.ABC):
         """Return jobs with expired leases to their queue (or, with no attempts
         left, to the dead-letter queue) and drop expired results. Returns the
         number of jobs recovered."""
+
+    async def claim_fire(self, schedule: str, fire_at: float, job: JobRecord | None) -> bool:
+        """Record that ``schedule`` fired at ``fire_at`` and enqueue ``job`` with it, in one
+        atomic step, unless a fire at or after ``fire_at`` is already recorded.
+
+        However many schedulers race for a fire, one call wins (True) and its job
+        is the only one. ``job=None`` records a skipped fire (the previous run was
+        still going) and keeps the previous job as the schedule's last.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not run periodic tasks yet")
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        """The last fire of every schedule, by name."""
+        raise NotImplementedError(f"{type(self).__name__} does not run periodic tasks yet")
 
     # -- the read side, used by handles, the CLI and the dashboard ---------------------
 

@@ -15,7 +15,15 @@ import threading
 from collections.abc import Sequence
 
 from ..job import ACTIVE, FINISHED, WAITING, JobRecord, JobStatus
-from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo, expired_lease_outcome
+from .base import (
+    Broker,
+    Outcome,
+    OutcomeKind,
+    QueueStats,
+    ScheduleState,
+    WorkerInfo,
+    expired_lease_outcome,
+)
 
 # (-priority, run_at, enqueue order, entry token, id): the heap pops the job that
 # should run first. A job put back keeps its enqueue order, so its place in line.
@@ -37,6 +45,7 @@ class MemoryBroker(Broker):
         self._running: set[str] = set()
         self._expiry: list[tuple[float, str]] = []
         self._workers: dict[str, WorkerInfo] = {}
+        self._schedules: dict[str, ScheduleState] = {}
         self._seq = itertools.count()
         self._tokens = itertools.count()
 
@@ -161,6 +170,23 @@ class MemoryBroker(Broker):
             if next_run is not None:
                 remaining = min(remaining, max(next_run - self.clock.now(), 0.001))
             woken = await self.ready_signal.wait(generation, remaining)
+
+    async def claim_fire(self, schedule: str, fire_at: float, job: JobRecord | None) -> bool:
+        with self._lock:
+            state = self._schedules.get(schedule)
+            if state is not None and state.last_fire >= fire_at:
+                return False
+            last_job = job.id if job is not None else (state.last_job if state else None)
+            self._schedules[schedule] = ScheduleState(
+                name=schedule, last_fire=fire_at, last_job=last_job
+            )
+        if job is not None:
+            await self.enqueue([job])
+        return True
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._lock:
+            return {name: copy.copy(state) for name, state in self._schedules.items()}
 
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
         lost: list[str] = []

@@ -30,6 +30,7 @@ from .base import (
     Outcome,
     OutcomeKind,
     QueueStats,
+    ScheduleState,
     WorkerInfo,
     expired_lease_outcome,
 )
@@ -38,7 +39,7 @@ from .sql import load_queries
 T = TypeVar("T")
 Q = load_queries("sqlite.sql")
 _FIELDS = tuple(JobRecord.__struct_fields__)
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: periodic schedules
 _error_encoder = msgspec.json.Encoder()
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _worker_decoder = msgspec.json.Decoder(WorkerInfo)
@@ -283,6 +284,27 @@ class SQLiteBroker(Broker):
                     break
                 if await self._run(self._changed_elsewhere, version):
                     break
+
+    async def claim_fire(self, schedule: str, fire_at: float, job: JobRecord | None) -> bool:
+        def claim(conn: sqlite3.Connection) -> bool:
+            params = {"name": schedule, "fire_at": fire_at, "job": job.id if job else None}
+            if conn.execute(Q["claim_fire"], params).rowcount == 0:
+                return False
+            if job is not None:
+                self._insert(conn, [job])
+            return True
+
+        won = await self._transaction(claim)
+        if won and job is not None:
+            self.ready_signal.notify()
+        return won
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        rows = await self._run(self._fetch, Q["schedule_states"])
+        return {
+            name: ScheduleState(name=name, last_fire=last_fire, last_job=last_job)
+            for name, last_fire, last_job in rows
+        }
 
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
         def extend(conn: sqlite3.Connection) -> list[str]:

@@ -40,6 +40,11 @@ CREATE INDEX IF NOT EXISTS afterwork_jobs_leases
     ON afterwork_jobs (lease_until) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS afterwork_jobs_expiry
     ON afterwork_jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS afterwork_schedules (
+    name TEXT PRIMARY KEY,
+    last_fire REAL NOT NULL,
+    last_job TEXT
+);
 CREATE TABLE IF NOT EXISTS afterwork_workers (
     id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL,
@@ -185,3 +190,14 @@ SELECT info FROM afterwork_workers WHERE last_seen >= ? ORDER BY id
 
 -- name: delete_stale_workers
 DELETE FROM afterwork_workers WHERE last_seen < ?
+
+-- name: claim_fire
+-- The row changes only for a later fire, so of racing schedulers one wins.
+INSERT INTO afterwork_schedules (name, last_fire, last_job) VALUES (:name, :fire_at, :job)
+ON CONFLICT (name) DO UPDATE
+SET last_fire = excluded.last_fire,
+    last_job = coalesce(excluded.last_job, afterwork_schedules.last_job)
+WHERE afterwork_schedules.last_fire < excluded.last_fire
+
+-- name: schedule_states
+SELECT name, last_fire, last_job FROM afterwork_schedules
