@@ -217,6 +217,7 @@ class Worker:
     # -- claiming ---------------------------------------------------------------------
 
     async def _claim_loop(self, broker: Broker) -> None:
+        delay = 0.1
         while not self._stop.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -224,13 +225,29 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             settled_before = self._settled_batches
-            jobs = await broker.reserve(
-                self.queues,
-                free,
-                worker=self.id,
-                lease=self.lease,
-                block=0 if self.burst else self.block,
-            )
+            try:
+                jobs = await broker.reserve(
+                    self.queues,
+                    free,
+                    worker=self.id,
+                    lease=self.lease,
+                    block=0 if self.burst else self.block,
+                )
+            except Exception as exc:
+                # The broker is unreachable (a restart, a network blip): running jobs
+                # go on, and claiming resumes once it answers again.
+                logger.warning(
+                    "could not claim jobs (%s: %s); retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"worker": self.id, "error_type": type(exc).__name__},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
             if self._stop.is_set():
                 self._put_back(jobs)
                 return

@@ -18,14 +18,16 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import pytest
+from redis_servers import RedisCluster
 
 from afterwork.brokers import Broker, create_broker, redact
 from afterwork.clock import Clock, ManualClock
@@ -46,16 +48,21 @@ class BrokerSpec:
     ``url`` may contain ``{tmp_path}`` (the test's temporary directory) and
     ``{uid}`` (unique per test, for a key prefix or schema on a shared server).
     Engines that need a server name it in ``engine``; ``env`` names a variable
-    that overrides the URL.
+    that overrides the URL. ``server`` names a session fixture that starts a
+    server for the suite (when ``env`` is not set) and returns its ``{address}``.
     """
 
     url: str
     engine: str | None = None
     env: str | None = None
+    server: str | None = None
 
-    def resolve(self, tmp_path: Path) -> str:
+    def resolve(self, tmp_path: Path, address: str | None = None) -> str:
         url = os.environ.get(self.env, self.url) if self.env else self.url
-        return url.format(tmp_path=tmp_path, uid=uuid.uuid4().hex[:12])
+        return url.format(tmp_path=tmp_path, uid=uuid.uuid4().hex[:12], address=address)
+
+    def started_here(self) -> bool:
+        return self.server is not None and not (self.env and os.environ.get(self.env))
 
 
 BROKERS: dict[str, BrokerSpec] = {
@@ -63,6 +70,12 @@ BROKERS: dict[str, BrokerSpec] = {
     "sqlite": BrokerSpec("sqlite:///{tmp_path}/x.db"),
     "redis": BrokerSpec(
         "redis://127.0.0.1:6379/15?prefix=t{uid}", "Redis", "AFTERWORK_TEST_REDIS_URL"
+    ),
+    "redis-cluster": BrokerSpec(
+        "redis://{address}/0?cluster=yes&prefix=t{uid}",
+        "Redis Cluster",
+        "AFTERWORK_TEST_REDIS_CLUSTER_URL",
+        server="redis_cluster",
     ),
 }
 
@@ -121,9 +134,24 @@ def broker_spec(request: pytest.FixtureRequest) -> BrokerSpec:
     return BROKERS[request.param]
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster on loopback ports, for the whole session."""
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        service_unavailable("Redis Cluster", "redis://127.0.0.1", exc)
+    yield cluster.address
+    cluster.stop()
+
+
 @pytest.fixture
-def broker_url(broker_spec: BrokerSpec, tmp_path: Path) -> str:
-    url = broker_spec.resolve(tmp_path)
+def broker_url(broker_spec: BrokerSpec, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    address = None
+    if broker_spec.started_here():
+        assert broker_spec.server is not None
+        address = request.getfixturevalue(broker_spec.server)
+    url = broker_spec.resolve(tmp_path, address)
     if broker_spec.engine is not None:
         require_service(broker_spec.engine, url)
     return url

@@ -203,6 +203,18 @@ async def test_a_blocked_reserve_wakes_when_a_job_is_put_back(make_broker, make_
     assert [j.id for j in await asyncio.wait_for(task, PATIENCE)] == [job.id]
 
 
+async def test_wake_makes_a_blocked_reserve_return_at_once(make_broker):
+    broker = await make_broker(clock=Clock())
+    loop = asyncio.get_running_loop()
+    task = await blocked_reserve(broker, block=3 * PATIENCE)
+
+    started = loop.time()
+    await asyncio.to_thread(broker.wake)  # as a worker stopped from a signal handler would
+
+    assert await asyncio.wait_for(task, PATIENCE) == []
+    assert loop.time() - started < 1.0
+
+
 async def test_a_blocked_reserve_wakes_for_a_job_enqueued_from_another_thread(
     make_broker, make_job
 ):

@@ -25,6 +25,9 @@
 --   {P:Q}:unique:<key>  string  the id of the active job that holds a unique key
 --   {P:Q}:waiters:<id>  string  how many wait() calls want to hear of the job's end
 --   {P:Q}:done:<id>     list    one token per waiter, pushed when the job finishes
+--   {P:Q}:schedule:<n>  hash    last_fire, last_job of periodic schedule n, kept in
+--                               the slot of its task's queue so a fire and its job
+--                               are recorded in one script
 --
 -- Keys outside any queue, never touched by these scripts (the broker writes them
 -- in the same pipeline as the script calls):
@@ -33,6 +36,7 @@
 --   {P}:wake:<Q>        list    wake-up tokens, trimmed short: enqueue, retry and
 --                               requeue push one; an idle worker BLPOPs the lists
 --                               of the queues it serves (one slot, so one command)
+--   {P}:schedules       hash    schedule name -> the queue whose slot holds its state
 --   {P}:workers         zset    worker id -> last_seen
 --   {P}:worker:<id>     string  the worker's WorkerInfo as JSON, expiring
 --   P:where:<id>        string  the queue of a job, so get(id) can find its keys;
@@ -137,36 +141,57 @@ local function put_back(id, job, status, now)
   end
 end
 
--- name: enqueue
--- ARGV: base, id, has_unique, unique_key, target ('ready' | 'scheduled' | 'retrying'),
---       then the job's fields as name, value pairs.
+-- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
+-- 'scheduled' | 'retrying'), then the job's fields as name, value pairs.
 -- Returns {1} when stored, or {0, fields} of the job that stands instead: the one
 -- already stored under this id, or the active job holding the unique key.
-local id, has_unique, unique, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local job = job_key(id)
-if redis.call('EXISTS', job) == 1 then
-  return {0, redis.call('HGETALL', job)}
-end
-if has_unique == '1' then
-  local key = BASE .. 'unique:' .. unique
-  local twin = redis.call('GET', key)
-  if twin then
-    local twin_job = job_key(twin)
-    local status = redis.call('HGET', twin_job, 'status')
-    if WAITING[status] or status == 'running' then
-      return {0, redis.call('HGETALL', twin_job)}
-    end
+local function store(i)
+  local id, has_unique, unique, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local job = job_key(id)
+  if redis.call('EXISTS', job) == 1 then
+    return {0, redis.call('HGETALL', job)}
   end
-  redis.call('SET', key, id)
+  if has_unique == '1' then
+    local key = BASE .. 'unique:' .. unique
+    local twin = redis.call('GET', key)
+    if twin then
+      local twin_job = job_key(twin)
+      local status = redis.call('HGET', twin_job, 'status')
+      if WAITING[status] or status == 'running' then
+        return {0, redis.call('HGETALL', twin_job)}
+      end
+    end
+    redis.call('SET', key, id)
+  end
+  redis.call('HSET', job, unpack(ARGV, i + 4))
+  if target == 'ready' then
+    make_ready(id, job)
+  else
+    redis.call('ZADD', target == 'retrying' and RETRYING or SCHEDULED,
+      num(redis.call('HGET', job, 'run_at'), 0), id)
+  end
+  return {1}
 end
-redis.call('HSET', job, unpack(ARGV, 6))
-if target == 'ready' then
-  make_ready(id, job)
-else
-  redis.call('ZADD', target == 'retrying' and RETRYING or SCHEDULED,
-    num(redis.call('HGET', job, 'run_at'), 0), id)
+
+-- name: enqueue
+-- ARGV: base, then what store() takes.
+return store(2)
+
+-- name: claim_fire
+-- ARGV: base, schedule name, fire_at, has_job, then (with a job) what store() takes.
+-- Records the fire unless one at or after fire_at is recorded, and stores its job
+-- in the same step. Returns {0} if another scheduler won, {1} or {1, store's reply}.
+local key = BASE .. 'schedule:' .. ARGV[2]
+local last = tonumber(redis.call('HGET', key, 'last_fire'))
+if last and last >= tonumber(ARGV[3]) then
+  return {0}
 end
-return {1}
+redis.call('HSET', key, 'last_fire', ARGV[3])
+if ARGV[4] ~= '1' then
+  return {1}
+end
+redis.call('HSET', key, 'last_job', ARGV[5])
+return {1, store(5)}
 
 -- name: claim
 -- ARGV: base, now, worker, lease_until, limit, promote_max.

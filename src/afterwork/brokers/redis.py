@@ -56,10 +56,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..defaults import DEFAULT_QUEUE
 from ..errors import BrokerConnectionError, BrokerError, InvalidURL
 from ..job import FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus
 from . import redact
-from .base import Broker, Outcome, OutcomeKind, QueueStats, WorkerInfo, expired_lease_outcome
+from .base import (
+    Broker,
+    Outcome,
+    OutcomeKind,
+    QueueStats,
+    ScheduleState,
+    WorkerInfo,
+    expired_lease_outcome,
+)
 from .redis_codec import decode_job, encode_job, pairs
 from .sql import load_queries
 
@@ -127,6 +136,16 @@ def parse_redis_url(url: str) -> tuple[str, str, bool]:
         else:
             rest.append((name, value))
     return parts._replace(query=urlencode(rest)).geturl(), prefix, cluster
+
+
+def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
+    """What the scripts' store() takes for a new job."""
+    if job.run_at <= now:
+        target = "ready"
+    else:
+        target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
+    unique = ("0", "") if job.unique_key is None else ("1", job.unique_key)
+    return (job.id, *unique, target, *encode_job(job))
 
 
 class _Queue:
@@ -340,29 +359,72 @@ class RedisBroker(Broker):
             return []
         now = self.clock.now()
         commands: list[tuple[Any, ...]] = []
+        for job in jobs:
+            commands.append(self._queue(job.queue).script("enqueue", *_store_args(job, now)))
+            commands.append(("SET", self._where(job.id), job.queue, "NX"))
+        with self._errors("enqueueing jobs"):
+            replies = await self._pipeline(commands, self._announce(jobs))
+            return await self._stored(jobs, replies)
+
+    def _announce(self, jobs: Sequence[JobRecord]) -> list[tuple[Any, ...]]:
+        """Commands that wake workers for new jobs and register queues not seen before."""
         woken: dict[str, int] = {}
         for job in jobs:
-            queue = self._queue(job.queue)
-            if job.run_at <= now:
-                target = "ready"
-            else:
-                target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
-            has_unique = "0" if job.unique_key is None else "1"
-            commands.append(
-                queue.script(
-                    "enqueue", job.id, has_unique, job.unique_key or "", target, *encode_job(job)
-                )
-            )
-            commands.append(("SET", self._where(job.id), job.queue, "NX"))
             woken[job.queue] = woken.get(job.queue, 0) + 1
-        then = self._wake(woken)
+        commands = self._wake(woken)
         new_queues = [q for q in woken if q not in self._registered]
-        if new_queues:
-            then.append(("SADD", f"{self._global}queues", *new_queues))
-        with self._errors("enqueueing jobs"):
-            replies = await self._pipeline(commands, then)
+        if new_queues:  # remembered before the write: SADD is idempotent, a miss costs little
             self._registered.update(new_queues)
-            return await self._stored(jobs, replies)
+            commands.append(("SADD", f"{self._global}queues", *new_queues))
+        return commands
+
+    async def claim_fire(self, schedule: str, fire_at: float, job: JobRecord | None) -> bool:
+        """The schedule's state lives in its job's queue slot, so recording the fire
+        and storing its job are one script; a skipped fire (no job) goes where the
+        schedule's state already is."""
+        registry = f"{self._global}schedules"
+        with self._errors("recording a periodic fire"):
+            if job is not None:
+                queue = self._queue(job.queue)
+            else:
+                known = await (await self._client()).hget(registry, schedule)
+                queue = self._queue(known.decode() if known else DEFAULT_QUEUE)
+            args: tuple[Any, ...] = (schedule, repr(fire_at), "0")
+            if job is not None:
+                args = (schedule, repr(fire_at), "1", *_store_args(job, self.clock.now()))
+            then = [("HSET", registry, schedule, queue.name)]
+            commands = [queue.script("claim_fire", *args)]
+            if job is not None:
+                commands.append(("SET", self._where(job.id), job.queue, "NX"))
+                then += self._announce([job])
+            replies = await self._pipeline(commands, then)
+            won = bool(replies[0][0] == 1)
+            if job is not None and won:
+                await self._stored([job], [replies[0][1], replies[1]])
+            elif job is not None and replies[1]:  # lost the race: its index entry must go
+                await self._pipeline([("DEL", self._where(job.id))])
+        return won
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._errors("reading periodic schedules"):
+            where = await (await self._client()).hgetall(f"{self._global}schedules")
+            names = sorted(n.decode() for n in where)
+            raws = await self._pipeline(
+                [
+                    ("HGETALL", f"{self._queue(where[n.encode()].decode()).base}schedule:{n}")
+                    for n in names
+                ]
+            )
+        states: dict[str, ScheduleState] = {}
+        for name, raw in zip(names, raws, strict=True):
+            if b"last_fire" in raw:
+                last_job = raw.get(b"last_job")
+                states[name] = ScheduleState(
+                    name=name,
+                    last_fire=float(raw[b"last_fire"]),
+                    last_job=last_job.decode() if last_job else None,
+                )
+        return states
 
     async def _stored(self, jobs: Sequence[JobRecord], replies: list[Any]) -> list[JobRecord]:
         """What enqueue stored for each job, mending the per-job index where it must."""
@@ -394,16 +456,34 @@ class RedisBroker(Broker):
         deadline = loop.time() + block
         with self._errors("claiming jobs"):
             while True:
+                generation = self.ready_signal.generation
                 jobs, next_due = await self._claim(queues, limit, worker, lease)
                 remaining = deadline - loop.time()
                 if jobs or remaining <= 0 or limit <= 0:
                     return jobs
                 if next_due is not None:
                     remaining = min(remaining, max(next_due - self.clock.now(), 0.001))
-                wake = [f"{self._global}wake:{q}" for q in dict.fromkeys(queues)]
-                # BLPOP's timeout 0 would mean forever.
-                client = await self._client()
-                await client.blpop(wake, max(min(remaining, BLOCK_CHUNK), 0.001))
+                if await self._sleep(queues, remaining, generation):
+                    return []
+
+    async def _sleep(self, queues: Sequence[str], timeout: float, generation: int) -> bool:
+        """Block until a wake token for one of ``queues`` arrives or ``timeout`` passes;
+        True if :meth:`wake` was called (this process wants its workers to stop waiting)."""
+        client = await self._client()
+        wake = [f"{self._global}wake:{q}" for q in dict.fromkeys(queues)]
+        # BLPOP's timeout 0 would mean forever.
+        pop = asyncio.ensure_future(client.blpop(wake, max(min(timeout, BLOCK_CHUNK), 0.001)))
+        woken = asyncio.ensure_future(self.ready_signal.wait(generation, BLOCK_CHUNK + 1))
+        try:
+            await asyncio.wait({pop, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pop, woken):
+                task.cancel()  # a BLPOP cut short costs its connection, only on wake()
+            await asyncio.gather(pop, woken, return_exceptions=True)
+        error = pop.exception() if pop.done() and not pop.cancelled() else None
+        if error is not None:
+            raise error
+        return woken.done() and not woken.cancelled() and woken.result()
 
     async def _claim(
         self, queues: Sequence[str], limit: int, worker: str, lease: float
