@@ -196,8 +196,8 @@ return {1, store(5)}
 -- name: claim
 -- ARGV: base, now, worker, lease_until, limit, promote_max.
 -- Moves due delayed and retrying jobs to ready, then claims up to `limit` ready
--- jobs: running, leased to the worker, the attempt counted. Returns {claimed
--- job fields..., next_due}: next_due (when nothing was claimed) is the run time
+-- jobs: running, leased to the worker, the attempt counted. Returns {{{id, job
+-- fields}...}, next_due}: next_due (when nothing was claimed) is the run time
 -- of the earliest delayed or retrying job, so the caller knows how long to sleep.
 local now_text, worker, lease_until = ARGV[2], ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[5])
@@ -225,7 +225,7 @@ while #claimed < limit do
       redis.call('HSET', job, 'status', 'running', 'attempts', num(f[2], 0) + 1,
         'worker', worker, 'started_at', now_text, 'lease_until', lease_until)
       redis.call('ZADD', RUNNING, lease_until, id)
-      claimed[#claimed + 1] = redis.call('HGETALL', job)
+      claimed[#claimed + 1] = {id, redis.call('HGETALL', job)}
     end
   end
 end

@@ -43,6 +43,7 @@ import copy
 import hashlib
 import re
 import threading
+import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -86,6 +87,8 @@ LIST_SCAN = 1000
 #: A finished job's hash expires this long after its TTL, in case no worker runs
 #: recover() (which deletes it on time, by the broker's clock).
 EXPIRY_GRACE = 60.0
+#: A producer adds the queues it uses to the registry this often (seconds).
+REGISTER_EVERY = 60.0
 #: A worker's registry entry outlives its last heartbeat by this long.
 WORKER_TTL = 60
 #: Blocking reads are cut into pieces no longer than this, well inside the socket timeout.
@@ -173,7 +176,7 @@ class RedisBroker(Broker):
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         self._queues: dict[str, _Queue] = {}
-        self._registered: set[str] = set()
+        self._registered: dict[str, float] = {}  # queue -> when this broker last added it
         self._handed_out: dict[str, str] = {}
         self._scripts_loaded = False
 
@@ -183,9 +186,10 @@ class RedisBroker(Broker):
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
-            "socket_keepalive": True,
             "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
         }
+        if not self._client_url.startswith("unix:"):
+            options["socket_keepalive"] = True
         if self.cluster:
             return RedisCluster.from_url(self._client_url, max_connections=1000, **options)
         return aioredis.Redis.from_url(self._client_url, health_check_interval=30, **options)
@@ -228,10 +232,10 @@ class RedisBroker(Broker):
             return
         try:
             client = await self._client()
-            await client.ping()
+            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT)
             if not self._scripts_loaded:
                 await self._load_scripts(client)
-        except (RedisError, OSError, ValueError, TypeError) as exc:
+        except (RedisError, OSError, ValueError, TypeError, TimeoutError) as exc:
             with self._lock:
                 entry = self._clients.pop(asyncio.get_running_loop(), None)
             if entry is not None:
@@ -362,21 +366,31 @@ class RedisBroker(Broker):
         for job in jobs:
             commands.append(self._queue(job.queue).script("enqueue", *_store_args(job, now)))
             commands.append(("SET", self._where(job.id), job.queue, "NX"))
+        then, queues = self._announce(jobs)
         with self._errors("enqueueing jobs"):
-            replies = await self._pipeline(commands, self._announce(jobs))
+            replies = await self._pipeline(commands, then)
+            self._registered_now(queues)
             return await self._stored(jobs, replies)
 
-    def _announce(self, jobs: Sequence[JobRecord]) -> list[tuple[Any, ...]]:
-        """Commands that wake workers for new jobs and register queues not seen before."""
+    def _announce(self, jobs: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """Commands that wake workers for new jobs and add their queues to the registry,
+        and those queues: pass them to :meth:`_registered_now` once the commands ran.
+
+        A queue is added again every :data:`REGISTER_EVERY` seconds, so it is found
+        again even if someone emptied Redis under a running app.
+        """
         woken: dict[str, int] = {}
         for job in jobs:
             woken[job.queue] = woken.get(job.queue, 0) + 1
         commands = self._wake(woken)
-        new_queues = [q for q in woken if q not in self._registered]
-        if new_queues:  # remembered before the write: SADD is idempotent, a miss costs little
-            self._registered.update(new_queues)
-            commands.append(("SADD", f"{self._global}queues", *new_queues))
-        return commands
+        now = time.monotonic()
+        queues = [q for q in woken if now >= self._registered.get(q, 0.0)]
+        if queues:
+            commands.append(("SADD", f"{self._global}queues", *queues))
+        return commands, queues
+
+    def _registered_now(self, queues: Sequence[str]) -> None:
+        self._registered.update(dict.fromkeys(queues, time.monotonic() + REGISTER_EVERY))
 
     async def claim_fire(self, schedule: str, fire_at: float, job: JobRecord | None) -> bool:
         """The schedule's state lives in its job's queue slot, so recording the fire
@@ -394,10 +408,13 @@ class RedisBroker(Broker):
                 args = (schedule, repr(fire_at), "1", *_store_args(job, self.clock.now()))
             then = [("HSET", registry, schedule, queue.name)]
             commands = [queue.script("claim_fire", *args)]
+            queues: list[str] = []
             if job is not None:
                 commands.append(("SET", self._where(job.id), job.queue, "NX"))
-                then += self._announce([job])
+                announce, queues = self._announce([job])
+                then += announce
             replies = await self._pipeline(commands, then)
+            self._registered_now(queues)
             won = bool(replies[0][0] == 1)
             if job is not None and won:
                 await self._stored([job], [replies[0][1], replies[1]])
@@ -498,10 +515,8 @@ class RedisBroker(Broker):
             queue = self._queue(name)
             args = (repr(now), worker, repr(now + lease), limit - len(claimed), BATCH_MAX)
             [(found, due)] = await self._pipeline([queue.script("claim", *args)])
-            for raw in found:
-                fields = pairs(raw)
-                job_id = (fields.get(b"id") or b"?").decode(errors="replace")
-                record, problem = decode_job(fields, job_id, name)
+            for raw_id, raw in found:
+                record, problem = decode_job(pairs(raw), raw_id.decode(), name)
                 self._remember(record.id, name)
                 if problem is None:
                     claimed.append(record)
@@ -751,8 +766,9 @@ class RedisBroker(Broker):
     async def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """Block on the job's ``done`` list, which the script that finishes it pushes to.
 
-        Interest is registered before each look at the job, so a job that
-        finishes between the look and the block still wakes the waiter.
+        Interest is registered in the same round trip as a look at the job, so a
+        job that finishes between the look and the block still wakes the waiter;
+        a job already finished costs one look.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -762,19 +778,25 @@ class RedisBroker(Broker):
                 return None
             waiters, done = f"{queue.base}waiters:{job_id}", f"{queue.base}done:{job_id}"
             client = await self._client()
+            register = False
             while True:
-                chunk = (
-                    BLOCK_CHUNK if deadline is None else min(deadline - loop.time(), BLOCK_CHUNK)
-                )
+                left = BLOCK_CHUNK if deadline is None else deadline - loop.time()
+                chunk = min(left, BLOCK_CHUNK)
                 commands: list[tuple[Any, ...]] = [("HGETALL", queue.job(job_id))]
-                if chunk > 0:
+                if register and chunk > 0:
                     ttl = int((chunk + 5) * 1000)
                     commands[:0] = [("INCR", waiters), ("PEXPIRE", waiters, ttl)]
                 raw = (await self._pipeline(commands))[-1]
                 record = self._decode(queue, raw, job_id)
                 if record is None or record.status in FINISHED or chunk <= 0:
+                    if len(commands) > 1:  # finished meanwhile: nobody will take our token
+                        await self._pipeline([("DEL", waiters)])
                     return record
-                await client.blpop([done], max(chunk, 0.001))
+                if not register:
+                    register = True  # look again, this time registered
+                    continue
+                # A token means the job finished (look without registering); none, time's up.
+                register = await client.blpop([done], max(chunk, 0.001)) is None
 
     async def delete_all(self) -> int:
         """Delete every key under this broker's prefix: all jobs, queues and workers.
