@@ -5,6 +5,9 @@ differences users ask for: one failing task never stops the ones after it
 (each failure is logged, and an ``on_error`` handler may see it), and under
 :class:`~afterwork.integrations.asgi.AfterworkMiddleware` the tasks run
 detached from the request, so a client that disconnects cannot cancel them.
+
+A task runs with the context variables as they were when it was created (a
+request id set by a middleware or the handler is there), in a copy of its own.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, cast
 
 from .errors import OutsideRequest
+
+if TYPE_CHECKING:
+    # For type checkers only: Starlette and FastAPI type ``background=`` as their
+    # own BackgroundTask, which these classes stand in for (they only call it).
+    from starlette.background import BackgroundTask as _Accepted
+else:
+    _Accepted = object
 
 P = ParamSpec("P")
 logger = logging.getLogger("afterwork.background")
@@ -28,7 +38,7 @@ ErrorHandler = Callable[["BackgroundTask", BaseException], Awaitable[None] | Non
 class Runner(Protocol):
     """Where detached after-response work goes (the middleware provides one)."""
 
-    def spawn(self, work: Awaitable[None]) -> None: ...
+    def spawn(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None: ...
 
 
 _current_tasks: contextvars.ContextVar[BackgroundTasks | None] = contextvars.ContextVar(
@@ -40,7 +50,9 @@ _current_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
 
 
 def _name(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__qualname__", None) or type(func).__name__
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -51,32 +63,48 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
-class BackgroundTask:
+def _outside_request(what: str) -> OutsideRequest:
+    return OutsideRequest(
+        f"{what} was called outside a request; it needs AfterworkMiddleware (or a framework "
+        "integration) around the app, and works only while a request is handled. Outside "
+        "requests (scripts, startup code, background tasks) use jobs.enqueue(...) to run "
+        "work in the background"
+    )
+
+
+class BackgroundTask(_Accepted):
     """One call to run after the response: coroutines are awaited, functions run in a thread."""
 
-    __slots__ = ("args", "func", "is_async", "kwargs")
+    __slots__ = ("args", "context", "func", "is_async", "kwargs")
 
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         if not callable(func):
             raise TypeError(f"a background task must be callable; got {func!r}")
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
+        # (cast only because type checkers see Starlette's class as the base)
+        self.func: Callable[..., Any] = cast(Any, func)
+        self.args = cast(Any, args)
+        self.kwargs = cast(Any, kwargs)
         self.is_async = _is_async(func)
+        #: The context variables it runs with: those of the code that created it.
+        self.context = contextvars.copy_context()
 
     def __repr__(self) -> str:
-        return f"<BackgroundTask {_name(self.func)}>"
+        return f"<BackgroundTask {self.name}>"
 
     @property
     def name(self) -> str:
         return _name(self.func)
 
     async def run(self) -> None:
-        """Run the call, raising what it raises (the collection isolates failures)."""
+        """Run the call in the current context, raising what it raises.
+
+        :class:`BackgroundTasks` calls this in a copy of :attr:`context` and
+        isolates failures; call the task itself (``await task()``) for that.
+        """
         if self.is_async:
             await self.func(*self.args, **self.kwargs)
             return
-        context = contextvars.copy_context()  # so request-scoped variables reach the thread
+        context = contextvars.copy_context()  # so the context variables reach the thread
         call = functools.partial(context.run, self.func, *self.args, **self.kwargs)
         await asyncio.get_running_loop().run_in_executor(None, call)
 
@@ -84,13 +112,15 @@ class BackgroundTask:
         await BackgroundTasks([self])()
 
 
-class BackgroundTasks:
+class BackgroundTasks(_Accepted):
     """An ordered collection of after-response calls; ``add_task`` adds one.
 
     ``concurrent=True`` runs them at the same time instead of one after the
     other. ``on_error(task, exc)`` (sync or async) sees every failure after it
     is logged.
     """
+
+    __slots__ = ("_sealed", "concurrent", "on_error", "tasks")
 
     def __init__(
         self,
@@ -102,6 +132,7 @@ class BackgroundTasks:
         self.tasks = list(tasks)
         self.concurrent = concurrent
         self.on_error = on_error
+        self._sealed = False  # set once the request that collected these is over
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -110,18 +141,35 @@ class BackgroundTasks:
         return f"<BackgroundTasks {[t.name for t in self.tasks]}>"
 
     def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        if self._sealed:
+            raise _outside_request(f"add_task({_name(func)}) on a finished request's tasks")
         self.tasks.append(BackgroundTask(func, *args, **kwargs))
 
-    async def run_all(self) -> None:
-        """Run every task, here and now; failures are logged and never propagate."""
+    def seal(self) -> list[BackgroundTask]:
+        """End collection (the request is over) and take the tasks collected so far."""
+        self._sealed = True
         tasks, self.tasks = self.tasks, []
-        if self.concurrent:
-            await asyncio.gather(*(self._run_one(t) for t in tasks))
+        return tasks
+
+    def start(self, task: BackgroundTask) -> asyncio.Task[None]:
+        """Start one task, isolated, as an asyncio task in (a copy of) its own context."""
+        return asyncio.get_running_loop().create_task(
+            self.run_one(task), context=task.context.copy()
+        )
+
+    async def run_all(self, tasks: list[BackgroundTask] | None = None) -> None:
+        """Run every task (or ``tasks``), here and now; failures are logged, never raised."""
+        if tasks is None:
+            tasks, self.tasks = self.tasks, []
+        if self.concurrent and len(tasks) > 1:
+            await asyncio.gather(*(self.start(t) for t in tasks))
         else:
             for task in tasks:
-                await self._run_one(task)
+                await self.start(task)
 
-    async def _run_one(self, task: BackgroundTask) -> None:
+    async def run_one(self, task: BackgroundTask) -> None:
+        """Run one task in the current context: a failure is logged and reported, not raised."""
+        _current_tasks.set(None)  # the request is over: after_response here says so
         try:
             await task.run()
         except Exception as exc:
@@ -153,8 +201,9 @@ class BackgroundTasks:
         runner = _current_runner.get()
         if runner is None:
             await self.run_all()
-        else:
-            runner.spawn(self.run_all())
+        elif self.tasks:
+            tasks, self.tasks = self.tasks, []
+            runner.spawn(self, tasks)
 
 
 def after_response(func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -162,16 +211,18 @@ def after_response(func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs)
 
     Callable from anywhere while a request is handled (views, services,
     helpers) under :class:`~afterwork.integrations.asgi.AfterworkMiddleware`
-    or a framework integration.
+    or a framework integration; elsewhere it raises :class:`OutsideRequest`.
     """
     tasks = _current_tasks.get()
-    if tasks is None:
-        raise OutsideRequest(
-            f"after_response({_name(func)}) was called outside a request; it needs "
-            "AfterworkMiddleware (or a framework integration) around the app. Outside "
-            "requests use jobs.enqueue(...) to run work in the background"
-        )
-    tasks.add_task(func, *args, **kwargs)
+    if tasks is None or tasks._sealed:
+        raise _outside_request(f"after_response({_name(func)})")
+    tasks.tasks.append(BackgroundTask(func, *args, **kwargs))
+
+
+def current_tasks() -> BackgroundTasks | None:
+    """The collection of the request being handled, if any (and still open)."""
+    tasks = _current_tasks.get()
+    return None if tasks is None or tasks._sealed else tasks
 
 
 def split_background(body: dict[str, Any]) -> tuple[dict[str, Any], BackgroundTask | None]:

@@ -3,22 +3,30 @@
 Wrap Starlette, FastAPI, Litestar or a plain ASGI callable. Per request it
 provides ``request.state.background`` (a :class:`BackgroundTasks`) and makes
 :func:`after_response` work anywhere in the request's code. The collected
-tasks start once the app has sent the response, detached from the request, so
-a client that disconnects cannot cancel them. On lifespan startup (after the
-app's own startup) it starts the :class:`Afterwork` app's embedded worker, if
-one is given; on shutdown it waits for running after-response work for up to
-``grace_period`` seconds, stops the worker, and only then lets the app's own
-shutdown handlers run.
+tasks start once the app has finished with the request (the response is
+sent), as asyncio tasks of their own: a client that disconnects cannot cancel
+them. On lifespan startup (after the app's own startup) it starts the
+:class:`Afterwork` app's in-process queue and embedded worker, if one is
+given; on shutdown it waits for running after-response work and queued jobs
+for up to ``grace_period`` seconds in all, then stops the worker, and only
+then lets the app's own shutdown handlers run. An app that does not speak
+the lifespan protocol gets one from the middleware.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ..background import BackgroundTasks, _current_runner, _current_tasks
+from ..background import (
+    BackgroundTask,
+    BackgroundTasks,
+    ErrorHandler,
+    _current_runner,
+    _current_tasks,
+)
 from ..defaults import DEFAULT_GRACE_PERIOD
 
 if TYPE_CHECKING:
@@ -34,39 +42,59 @@ logger = logging.getLogger("afterwork.asgi")
 
 
 class DetachedRunner:
-    """Runs after-response work as tasks of their own and can wait for them at shutdown."""
+    """Runs after-response work as asyncio tasks of their own; waits for them at shutdown."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], list[BackgroundTask]] = {}
 
-    def spawn(self, work: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None:
+        if len(tasks) == 1:  # the common case: one asyncio task, in the task's own context
+            task = owner.start(tasks[0])
+        else:
+            task = asyncio.get_running_loop().create_task(owner.run_all(tasks))
+        self._tasks[task] = tasks
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     @property
     def running(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, timeout: float) -> None:
-        """Wait for running work up to ``timeout``; cancel (and log) what is left."""
+    async def drain(self, timeout: float) -> int:
+        """Wait for running work up to ``timeout``; cancel what is left and log it.
+
+        Returns the number of asyncio tasks cancelled.
+        """
         if not self._tasks:
-            return
-        pending = set(self._tasks)
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        if still:
-            logger.warning(
-                "shutdown: %d after-response tasks did not finish within %.0fs; cancelling them",
-                len(still),
-                timeout,
-                extra={"dropped": len(still)},
-            )
-            for task in still:
-                task.cancel()
-            await asyncio.gather(*still, return_exceptions=True)
+            return 0
+        _, still = await asyncio.wait(set(self._tasks), timeout=max(timeout, 0.0))
+        if not still:
+            return 0
+        names = sorted({t.name for task in still for t in self._tasks.get(task, ())})
+        logger.warning(
+            "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
+            timeout,
+            ", ".join(names),
+            extra={"dropped": len(still), "tasks": names},
+        )
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+        return len(still)
 
 
 class AfterworkMiddleware:
+    """After-response tasks for every request, and ``jobs`` started and stopped with the app.
+
+    ``grace_period`` bounds the wait at shutdown (after-response work and the
+    in-process queue together); ``concurrent`` runs one request's tasks at the
+    same time; ``on_error(task, exc)`` sees each failed task after it is
+    logged; ``worker_options`` go to ``jobs.start(...)`` (``concurrency=``,
+    ``queues=``, ...).
+    """
+
     def __init__(
         self,
         app: ASGIApp,
@@ -74,22 +102,32 @@ class AfterworkMiddleware:
         jobs: Afterwork | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         concurrent: bool = False,
+        on_error: ErrorHandler | None = None,
+        worker_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.jobs = jobs
         self.grace_period = grace_period
         self.concurrent = concurrent
+        self.on_error = on_error
+        self.worker_options = dict(worker_options or {})
         self.runner = DetachedRunner()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
-            return
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            await self._request(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        tasks = BackgroundTasks(concurrent=self.concurrent)
-        scope.setdefault("state", {})["background"] = tasks
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tasks = BackgroundTasks(concurrent=self.concurrent, on_error=self.on_error)
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["background"] = tasks
         tasks_token = _current_tasks.set(tasks)
         runner_token = _current_runner.set(self.runner)
         try:
@@ -97,32 +135,67 @@ class AfterworkMiddleware:
         finally:
             _current_tasks.reset(tasks_token)
             _current_runner.reset(runner_token)
-            if tasks.tasks:
-                self.runner.spawn(tasks.run_all())
+            collected = tasks.seal()
+            if collected:
+                self.runner.spawn(tasks, collected)
 
-    def _lifespan_send(self, send: Send) -> Send:
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete" and self.jobs is not None:
-                try:
-                    await self.jobs.start()
-                except Exception as exc:
-                    logger.exception("could not start afterwork's embedded worker")
-                    message = {"type": "lifespan.startup.failed", "message": str(exc)}
-            await send(message)
+    # -- lifespan -----------------------------------------------------------------------
 
-        return wrapped
+    async def startup(self) -> None:
+        """Start the in-process queue and the embedded worker, if ``jobs`` was given."""
+        if self.jobs is not None:
+            await self.jobs.start(**self.worker_options)
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
+    async def shutdown(self) -> None:
+        """Wait for after-response work, then stop ``jobs``: ``grace_period`` in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_period
+        await self.runner.drain(self.grace_period)
+        if self.jobs is not None:
+            await self.jobs.stop(grace_period=max(deadline - loop.time(), 0.0))
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        spoke = False  # whether the app takes part in the lifespan protocol
+
+        async def app_receive() -> Message:
+            nonlocal spoke
+            spoke = True
             message = await receive()
             if message["type"] == "lifespan.shutdown":
                 await self.shutdown()
             return message
 
-        return wrapped
+        async def app_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("could not start afterwork's in-process worker")
+                    message = {"type": "lifespan.startup.failed", "message": str(exc)}
+            await send(message)
 
-    async def shutdown(self) -> None:
-        """Wait for after-response work, then stop the embedded worker (each bounded)."""
-        await self.runner.drain(self.grace_period)
-        if self.jobs is not None:
-            await self.jobs.stop(grace_period=self.grace_period)
+        try:
+            await self.app(scope, app_receive, app_send)
+        except Exception:
+            if spoke:
+                raise
+            logger.debug("the app does not handle lifespan events; the middleware does")
+        if not spoke:
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan protocol for an app that ignores it: start and stop ``jobs``."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("could not start afterwork's in-process worker")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,1 @@
+"""afterwork inside web apps, tested over HTTP against a real uvicorn server."""
