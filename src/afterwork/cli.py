@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import getpass
 import importlib
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -25,8 +27,17 @@ from .app import Afterwork
 from .brokers import Broker
 from .defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_LEASE, DEFAULT_QUEUE
 from .errors import AfterworkError
-from .job import JobStatus, describe
-from .report import gather_status, render_job, render_jobs, render_status
+from .job import JobRecord, JobStatus, describe
+from .report import (
+    by_due_time,
+    gather_status,
+    job_json,
+    left_for_later,
+    render_job,
+    render_jobs,
+    render_status,
+)
+from .supervisor import SUPERVISOR_FD_ENV, Supervisor
 
 T = TypeVar("T")
 logger = logging.getLogger("afterwork.cli")
@@ -161,6 +172,8 @@ def worker(
 ) -> None:
     """Run jobs from the app's queues until SIGTERM or SIGINT (twice: at once)."""
     _setup_logging(log_level)
+    # Set by a supervisor (--processes) in the processes it starts.
+    lifeline = os.environ.pop(SUPERVISOR_FD_ENV, None)
     # Load the app and check the options here, so a mistake fails once with a
     # clear message instead of in every supervised child, restarted forever.
     app = load_app(app_path)
@@ -177,8 +190,6 @@ def worker(
     except AfterworkError as exc:
         raise click.ClickException(str(exc)) from None
     if processes > 1:
-        from .supervisor import Supervisor
-
         args = [
             "worker",
             app_path,
@@ -197,7 +208,10 @@ def worker(
             args += ["--heartbeat", str(heartbeat)]
         if burst:
             args.append("--burst")
-        sys.exit(Supervisor(args, processes, grace_period, burst=burst).run())
+        code = Supervisor(args, processes, grace_period, burst=burst).run()
+        if burst:
+            run(_with_broker(app, lambda b: _log_left_for_later(b, the_worker.queues)))
+        sys.exit(code)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -215,8 +229,19 @@ def worker(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        if lifeline is not None:
+            fd = int(lifeline)
+
+            def on_supervisor_gone() -> None:  # the pipe's write end closed
+                loop.remove_reader(fd)
+                logger.warning("the supervisor is gone: finishing running jobs, then exiting")
+                the_worker.stop()
+
+            loop.add_reader(fd, on_supervisor_gone)
         try:
             await the_worker.run()
+            if burst and lifeline is None:  # a supervisor reports for all its processes
+                await _log_left_for_later(app.broker, the_worker.queues)
         finally:
             await app.aclose()
 
@@ -225,6 +250,17 @@ def worker(
         # Threads past their timeout cannot be joined; do not hang on them at exit.
         logging.shutdown()
         os._exit(0)
+
+
+async def _log_left_for_later(broker: Broker, queues: list[str]) -> None:
+    """After a burst: say how many jobs wait for a later time, which it did not run."""
+    try:
+        message = await left_for_later(broker, queues)
+    except Exception as exc:
+        logger.warning("could not count the jobs left for later: %s", exc)
+        return
+    if message:
+        logger.info("%s", message)
 
 
 # -- inspection -----------------------------------------------------------------------
@@ -256,7 +292,12 @@ def jobs(app_path: str, status_: str | None, queue: str | None, limit: int, as_j
     app = load_app(app_path)
     wanted = JobStatus(status_) if status_ else None
     found = run(_with_broker(app, lambda b: b.list_jobs(status=wanted, queue=queue, limit=limit)))
-    now = app.clock.now()
+    if wanted in (JobStatus.SCHEDULED, JobStatus.RETRYING):
+        found = by_due_time(found)
+    _echo_jobs(found, app.clock.now(), as_json)
+
+
+def _echo_jobs(found: list[JobRecord], now: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([describe(j, now) for j in found], indent=2))
     else:
@@ -268,18 +309,16 @@ def jobs(app_path: str, status_: str | None, queue: str | None, limit: int, as_j
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def job(app_path: str, job_id: str, as_json: bool) -> None:
-    """Show one job, with its error and traceback if it failed."""
+    """Show one job: its result if it succeeded, its error and traceback if it failed."""
     app = load_app(app_path)
     found = run(_with_broker(app, lambda b: b.get(job_id)))
     if found is None:
         raise click.ClickException(f"no job with id {job_id} (it may have expired)")
     now = app.clock.now()
     if as_json:
-        data = describe(found, now)
-        data["traceback"] = found.error.traceback if found.error else None
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(job_json(found, now, app.serializer), indent=2))
     else:
-        click.echo(render_job(found, now))
+        click.echo(render_job(found, now, app.serializer))
 
 
 # -- dead letters -----------------------------------------------------------------------
@@ -290,19 +329,33 @@ def job(app_path: str, job_id: str, as_json: bool) -> None:
 @click.argument("action", type=click.Choice(["list", "retry", "purge"]))
 @click.argument("job_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Every dead letter (retry, purge).")
+@click.option("--queue", help="Only dead letters from this queue (list).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def dlq(app_path: str, action: str, job_ids: tuple[str, ...], every: bool, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (list).")
+def dlq(
+    app_path: str,
+    action: str,
+    job_ids: tuple[str, ...],
+    every: bool,
+    queue: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """The dead-letter queue: list it, retry jobs with fresh attempts, or purge them.
 
     \b
-    afterwork dlq APP list
+    afterwork dlq APP list [--queue Q] [--limit N] [--json]
     afterwork dlq APP retry ID [ID ...] | --all
     afterwork dlq APP purge ID [ID ...] | --all
     """
     app = load_app(app_path)
     if action == "list":
-        found = run(_with_broker(app, lambda b: b.list_jobs(status=JobStatus.FAILED, limit=limit)))
-        click.echo(render_jobs(found, app.clock.now()))
+        found = run(
+            _with_broker(
+                app, lambda b: b.list_jobs(status=JobStatus.FAILED, queue=queue, limit=limit)
+            )
+        )
+        _echo_jobs(found, app.clock.now(), as_json)
         return
     if every == bool(job_ids):
         raise click.UsageError(f"give the job ids to {action}, or --all (not both)")
@@ -314,12 +367,18 @@ def dlq(app_path: str, action: str, job_ids: tuple[str, ...], every: bool, limit
         count = run(_with_broker(app, lambda b: b.purge(ids)))
         click.echo(f"{count} job{'s' if count != 1 else ''} purged")
     if ids is not None and count < len(ids):
+        missing = len(ids) - count
         raise click.ClickException(
-            f"{len(ids) - count} of the ids are not in the dead-letter queue"
+            f"{missing} of the ids {'is' if missing == 1 else 'are'} not in the dead-letter queue"
         )
 
 
 # -- deployment -------------------------------------------------------------------------
+
+
+#: Seconds systemd waits beyond the grace period before it sends SIGKILL: time to
+#: put unfinished jobs back and disconnect.
+STOP_MARGIN = 15
 
 
 @main.command()
@@ -333,14 +392,50 @@ def dlq(app_path: str, action: str, job_ids: tuple[str, ...], every: bool, limit
     show_default=True,
     type=click.IntRange(min=1),
 )
+@click.option(
+    "--grace-period",
+    default=DEFAULT_GRACE_PERIOD,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running jobs get to finish on stop; TimeoutStopSec allows for it.",
+)
+@click.option(
+    "--lease",
+    default=DEFAULT_LEASE,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a claimed job stays a worker's unless renewed.",
+)
 @click.option("--user", default=None, help="User the service runs as (default: you).")
-def systemd(app_path: str, processes: int, queues: str, concurrency: int, user: str | None) -> None:
+def systemd(
+    app_path: str,
+    processes: int,
+    queues: str,
+    concurrency: int,
+    grace_period: float,
+    lease: float,
+    user: str | None,
+) -> None:
     """Print a systemd unit that runs this app's workers."""
     load_app(app_path)
-    executable = shlex.quote(sys.executable)
-    command = (
-        f"{executable} -m afterwork worker {shlex.quote(app_path)} --queues {shlex.quote(queues)} "
-        f"--concurrency {concurrency} --processes {processes}"
+    command = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "afterwork",
+            "worker",
+            app_path,
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--processes",
+            str(processes),
+            "--grace-period",
+            f"{grace_period:g}",
+            "--lease",
+            f"{lease:g}",
+        ]
     )
     name = app_path.partition(":")[0].split(".")[0]
     env = os.environ.get("AFTERWORK_URL")
@@ -352,13 +447,19 @@ def systemd(app_path: str, processes: int, queues: str, concurrency: int, user: 
         "",
         "[Service]",
         "Type=simple",
-        f"User={user or os.environ.get('USER', 'root')}",
+        f"User={user or getpass.getuser()}",
         f"WorkingDirectory={os.getcwd()}",
         *([f"Environment=AFTERWORK_URL={env}"] if env else []),
         f"ExecStart={command}",
-        "# SIGTERM lets running jobs finish; give it longer than the grace period.",
+        "# SIGTERM lets running jobs finish within the grace period; a second one stops",
+        "# them at once. systemd's default KillMode=control-group sends SIGTERM to every",
+        "# process of the service, so worker processes started by --processes would get",
+        "# it twice (from systemd and from their supervisor) and skip the grace period;",
+        "# KillMode=mixed sends it to the main process alone, and SIGKILL to all that is",
+        "# left after TimeoutStopSec (the grace period plus a margin).",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={int(DEFAULT_GRACE_PERIOD) + 15}",
+        "KillMode=mixed",
+        f"TimeoutStopSec={math.ceil(grace_period) + STOP_MARGIN}",
         "Restart=on-failure",
         "RestartSec=2",
         "StandardOutput=journal",

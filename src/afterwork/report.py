@@ -6,6 +6,7 @@ Kept apart from the command line so the dashboard can serve the same data.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import msgspec
 from .brokers import Broker
 from .defaults import WORKER_STALE_AFTER
 from .job import JobRecord, JobStatus, describe
+from .serialization import Serializer
 
 STATUS_COLUMNS = [
     JobStatus.SCHEDULED,
@@ -26,10 +28,20 @@ STATUS_COLUMNS = [
 
 
 async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
-    """Queues with counts, the next jobs in run order, and live workers."""
+    """Queues with counts, the next jobs in run order, and live workers.
+
+    The next jobs are the ready ones first, in the order workers claim them, then
+    those waiting for a later time (scheduled, or retrying after a delay) by due time.
+    """
     stats = await broker.stats()
     now = broker.clock.now()
     upcoming = await broker.list_jobs(status=JobStatus.QUEUED, limit=next_limit)
+    room = next_limit - len(upcoming)
+    if room > 0:
+        later: list[JobRecord] = []
+        for status in (JobStatus.SCHEDULED, JobStatus.RETRYING):
+            later += await broker.list_jobs(status=status, limit=room)
+        upcoming += by_due_time(later)[:room]
     workers = await broker.workers(WORKER_STALE_AFTER)
     return {
         "queues": {
@@ -39,6 +51,33 @@ async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
         "next": [describe(job, now) for job in upcoming],
         "workers": [msgspec.to_builtins(w) for w in workers],
     }
+
+
+async def left_for_later(broker: Broker, queues: list[str]) -> str | None:
+    """What a burst worker leaves behind: jobs in ``queues`` that wait for a later
+    time (scheduled, or waiting out a retry delay), and when the first is due."""
+    stats = await broker.stats()
+    waiting = {
+        status: sum(stats.get(queue, {}).get(str(status), 0) for queue in queues)
+        for status in (JobStatus.SCHEDULED, JobStatus.RETRYING)
+    }
+    total = sum(waiting.values())
+    if not total:
+        return None
+    due: list[float] = []
+    for status, count in waiting.items():
+        for queue in queues if count else ():
+            due += [j.run_at for j in await broker.list_jobs(status=status, queue=queue, limit=1)]
+    return (
+        f"{total} job{'s' if total != 1 else ''} left for a later run "
+        f"({waiting[JobStatus.SCHEDULED]} scheduled, {waiting[JobStatus.RETRYING]} retrying); "
+        f"the first is due at {when(min(due, default=None))}"
+    )
+
+
+def by_due_time(jobs: list[JobRecord]) -> list[JobRecord]:
+    """Jobs waiting for a later time, in the order they fall due."""
+    return sorted(jobs, key=lambda j: (j.run_at, -j.priority, j.id))
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -76,10 +115,10 @@ def render_status(status: dict[str, Any]) -> str:
     out += ["", "Next to run"]
     if status["next"]:
         rows = [
-            [j["id"], j["task"], j["queue"], j["priority"], when(j["run_at"])]
+            [j["id"], j["task"], j["queue"], j["status"], j["priority"], when(j["run_at"])]
             for j in status["next"]
         ]
-        out.append(table(["id", "task", "queue", "priority", "due"], rows))
+        out.append(table(["id", "task", "queue", "status", "priority", "due"], rows))
     else:
         out.append("  nothing is waiting")
     out += ["", "Workers"]
@@ -122,13 +161,46 @@ def render_jobs(jobs: list[JobRecord], now: float) -> str:
     return table(["id", "task", "queue", "status", "attempts", "when", "error"], rows)
 
 
-def render_job(job: JobRecord, now: float) -> str:
+def job_result(job: JobRecord, serializer: Serializer) -> Any:
+    """A succeeded job's return value, decoded; ``None`` for other jobs."""
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        return None
+    try:
+        return serializer.loads(job.result)
+    except Exception as exc:
+        return f"<cannot decode the result as {serializer.name}: {exc}>"
+
+
+def _as_json(value: Any) -> str:
+    """``value`` as JSON text, or its repr when JSON cannot show it (a pickled object, say)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def job_json(job: JobRecord, now: float, serializer: Serializer) -> dict[str, Any]:
+    """What ``afterwork job --json`` prints: :func:`describe` (the traceback is under
+    ``error``) and the decoded ``result``."""
+    data = describe(job, now)
+    result = job_result(job, serializer)
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        result = repr(result)
+    data["result"] = result
+    return data
+
+
+def render_job(job: JobRecord, now: float, serializer: Serializer) -> str:
     data = describe(job, now)
     lines = [
-        f"{key:13} {when(value) if key.endswith('_at') else value}"
+        f"{key:13} {when(value) if key.endswith('_at') else '-' if value is None else value}"
         for key, value in data.items()
         if key != "error"
     ]
+    if job.status == JobStatus.SUCCEEDED:
+        lines.append(f"{'result':13} {_as_json(job_result(job, serializer))}")
     if job.error:
         lines += ["", f"error         {job.error.type}: {job.error.message}"]
         if job.error.traceback:

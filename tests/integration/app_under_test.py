@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from afterwork import Afterwork
+from afterwork import Afterwork, Retry
 
 #: How long a blocked task waits for the test to release it before giving up.
 BLOCK_LIMIT = 30.0
@@ -98,6 +98,12 @@ def exit_(where: str, message: str) -> None:
     sys.exit(message)
 
 
+def retry_later(where: str, delay: float) -> None:
+    """Ask for another attempt after ``delay`` seconds: the job waits as ``retrying``."""
+    _append(Path(where) / "retry_later.log", str(os.getpid()))
+    raise Retry("not yet", delay=delay)
+
+
 def done(where: str, key: str) -> int:
     _append(Path(where) / f"{key}.done", str(os.getpid()))
     return os.getpid()
@@ -119,6 +125,7 @@ def build(url: str | None = None, *, extra: bool = False) -> Afterwork:
     app.task(name="record")(record)
     app.task(name="fail", retries=0)(fail)
     app.task(name="exit", retries=0)(exit_)
+    app.task(name="retry_later", retries=1)(retry_later)
     app.task(name="done")(done)
     if extra:
         app.task(name="late")(late)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shlex
 import signal
 import sys
@@ -24,9 +26,9 @@ from .integration_support import (
 )
 
 
-def ok(procs: Processes, *args: str) -> str:
+def ok(procs: Processes, *args: str, env: dict[str, str] | None = None) -> str:
     """Run a command that must succeed; its stdout."""
-    done = procs.run(*args)
+    done = procs.run(*args, env=env)
     assert done.returncode == 0, f"afterwork {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 
@@ -55,12 +57,15 @@ def test_status_shows_counts_per_queue_the_next_jobs_in_run_order_and_live_worke
     worker = procs.worker("--concurrency", "1", "--lease", "1")
     failed = send(app, "fail", where, "boom")
     wait_for_status(app, failed.id, JobStatus.FAILED)
+    retried = send(app, "retry_later", where, 7200)
+    wait_for_status(app, retried.id, JobStatus.RETRYING)
     busy = send(app, "block", where, "busy")
     wait_for(lambda: lines(Path(where) / "busy.started"), what="the blocking job to start")
     a = send(app, "done", where, "a")
     b = send(app, "done", where, "b", priority=5)
     c = send(app, "done", where, "c")
     elsewhere = send(app, "done", where, "elsewhere", queue="other")
+    latest = send(app, "done", where, "latest", delay="3h", priority=50)
     later = send(app, "done", where, "later", delay="1h")
 
     def busy_worker_listed() -> dict[str, Any] | None:
@@ -71,10 +76,10 @@ def test_status_shows_counts_per_queue_the_next_jobs_in_run_order_and_live_worke
 
     assert data["queues"] == {
         "default": {
-            "scheduled": 1,
+            "scheduled": 2,
             "queued": 3,
             "running": 1,
-            "retrying": 0,
+            "retrying": 1,
             "failed": 1,
             "succeeded": 0,
             "cancelled": 0,
@@ -89,18 +94,22 @@ def test_status_shows_counts_per_queue_the_next_jobs_in_run_order_and_live_worke
             "cancelled": 0,
         },
     }
-    assert [j["id"] for j in data["next"]] == [b.id, a.id, c.id, elsewhere.id]
+    # Ready jobs as workers claim them, then the waiting ones by due time (not priority).
+    in_run_order = [b, a, c, elsewhere, later, retried, latest]
+    assert [j["id"] for j in data["next"]] == [j.id for j in in_run_order]
+    assert [j["status"] for j in data["next"][-3:]] == ["scheduled", "retrying", "scheduled"]
     [seen] = data["workers"]
     assert (seen["pid"], seen["queues"], seen["concurrency"]) == (worker.pid, ["default"], 1)
     assert seen["failed"] == 1
 
     text = ok(procs, "status", APP)
     assert "dead letters" in text
-    assert row(text, "default") == ["default", "1", "3", "1", "0", "1", "0", "0"]
+    assert row(text, "default") == ["default", "2", "3", "1", "1", "1", "0", "0"]
     assert row(text, "other") == ["other", "0", "1", "0", "0", "0", "0", "0"]
-    order = [text.index(j.id) for j in (b, a, c, elsewhere)]
+    order = [text.index(j.id) for j in in_run_order]
     assert order == sorted(order)
-    assert later.id not in text  # not due: not among the next to run
+    assert row(text, later.id)[3:5] == ["scheduled", "0"]
+    assert row(text, retried.id)[3] == "retrying"
     assert row(text, seen["id"])[1:4] == ["default", "1", "1"]
 
     (Path(where) / "busy.release").touch()
@@ -130,9 +139,30 @@ def test_jobs_lists_failed_jobs_and_job_shows_the_error_and_its_traceback(
     assert "error         ValueError: boom" in shown
     assert "Traceback (most recent call last):" in shown
     assert "raise ValueError(message)" in shown
-    data = json.loads(ok(procs, "job", APP, failed.id, "--json"))
+    assert row(shown, "worker") == ["worker", "-"]  # empty fields read "-", not "None"
+    assert "None" not in shown
+    assert not [line for line in shown.splitlines() if line.startswith("result")]
+    text = ok(procs, "job", APP, failed.id, "--json")
+    data = json.loads(text)
     assert data["status"] == "failed"
-    assert "raise ValueError(message)" in data["traceback"]
+    assert (data["error"]["type"], data["error"]["message"]) == ("ValueError", "boom")
+    assert "raise ValueError(message)" in data["error"]["traceback"]
+    assert text.count("raise ValueError(message)") == 1  # the traceback appears once
+    assert data["result"] is None
+
+
+@pytest.mark.timeout(20)
+def test_job_shows_a_succeeded_jobs_result(app: Afterwork, procs: Processes, where: str) -> None:
+    succeeded = send(app, "done", where, "fine")
+    nothing = send(app, "record", str(Path(where) / "ran.log"), 1)  # returns None
+    burst(procs)
+    pid = succeeded.result(timeout=5)
+
+    shown = ok(procs, "job", APP, succeeded.id)
+    assert row(shown, "status") == ["status", "succeeded"]
+    assert row(shown, "result") == ["result", str(pid)]
+    assert json.loads(ok(procs, "job", APP, succeeded.id, "--json"))["result"] == pid
+    assert row(ok(procs, "job", APP, nothing.id), "result") == ["result", "null"]
 
 
 @pytest.mark.timeout(30)
@@ -167,17 +197,68 @@ def test_dlq_lists_retries_one_or_all_and_purges_dead_letters(
 
 
 @pytest.mark.timeout(20)
+def test_dlq_list_takes_a_queue_and_prints_json_like_jobs(
+    app: Afterwork, procs: Processes, where: str
+) -> None:
+    here = send(app, "fail", where, "boom here")
+    there = send(app, "fail", where, "boom there", queue="other")
+    worker = procs.worker("--burst", "--queues", "default,other")
+    assert worker.wait() == 0, worker.output()
+
+    listing = ok(procs, "dlq", APP, "list", "--queue", "other")
+    assert row(listing, there.id)[1:4] == ["fail", "other", "failed"]
+    assert here.id not in listing
+    [listed] = json.loads(ok(procs, "dlq", APP, "list", "--queue", "other", "--json"))
+    assert (listed["id"], listed["queue"], listed["status"]) == (there.id, "other", "failed")
+    assert (listed["error"]["type"], listed["error"]["message"]) == ("ValueError", "boom there")
+    assert len(json.loads(ok(procs, "dlq", APP, "list", "--json"))) == 2
+
+    done = procs.run("dlq", APP, "retry", here.id, "nope-1", "nope-2")
+    assert done.returncode == 1
+    assert done.stdout == "1 job queued again\n"
+    assert done.stderr == "Error: 2 of the ids are not in the dead-letter queue\n"
+
+
+@pytest.mark.timeout(20)
+def test_jobs_lists_scheduled_and_retrying_jobs_in_the_order_they_fall_due(
+    app: Afterwork, procs: Processes, where: str
+) -> None:
+    soon = send(app, "retry_later", where, 600)
+    later = send(app, "retry_later", where, 1200, priority=50)
+    burst(procs)  # both ask for another attempt: retrying, due in 10 and 20 minutes
+    urgent_but_last = send(app, "done", where, "a", delay="3h", priority=50)
+    second = send(app, "done", where, "b", delay="1h")
+    third = send(app, "done", where, "c", delay="2h", priority=-10)
+    first = send(app, "done", where, "d", delay="30m", priority=10)
+
+    def listed(*options: str) -> list[str]:
+        return [j["id"] for j in json.loads(ok(procs, "jobs", APP, *options, "--json"))]
+
+    by_due_time = [first.id, second.id, third.id, urgent_but_last.id]
+    assert listed("--status", "scheduled") == by_due_time
+    assert listed("--status", "scheduled", "--limit", "2") == by_due_time[:2]  # the first due
+    assert listed("--status", "retrying") == [soon.id, later.id]
+    table = ok(procs, "jobs", APP, "--status", "scheduled")
+    order = [table.index(i) for i in by_due_time]
+    assert order == sorted(order)
+
+
+@pytest.mark.timeout(20)
 def test_systemd_prints_a_unit_that_restarts_on_failure_and_runs_the_exact_worker_command(
     procs: Processes, tmp_path: Path, db_url: str
 ) -> None:
-    unit = ok(procs, "systemd", APP, "--processes", "2")
+    # Without $USER (cron, containers, sudo -i), the unit still names the real user.
+    unit = ok(procs, "systemd", APP, "--processes", "2", env={"USER": "", "LOGNAME": ""})
 
-    assert "Restart=on-failure" in unit.splitlines()
-    assert f"WorkingDirectory={tmp_path}" in unit.splitlines()
-    assert f"Environment=AFTERWORK_URL={db_url}" in unit.splitlines()
-    [start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-    command = shlex.split(start.removeprefix("ExecStart="))
-    assert command == [
+    settings = unit.splitlines()
+    assert "Restart=on-failure" in settings
+    assert f"WorkingDirectory={tmp_path}" in settings
+    assert f"Environment=AFTERWORK_URL={db_url}" in settings
+    assert f"User={pwd.getpwuid(os.getuid()).pw_name}" in settings
+    # SIGTERM reaches the supervisor alone, which passes it on to its workers once.
+    assert "KillMode=mixed" in settings
+    assert "TimeoutStopSec=40" in settings  # the default grace period (25s) and a margin
+    assert worker_command(unit) == [
         sys.executable,
         "-m",
         "afterwork",
@@ -189,7 +270,51 @@ def test_systemd_prints_a_unit_that_restarts_on_failure_and_runs_the_exact_worke
         "10",
         "--processes",
         "2",
+        "--grace-period",
+        "25",
+        "--lease",
+        "15",
     ]
+
+
+@pytest.mark.timeout(20)
+def test_systemd_waits_longer_than_the_grace_period_it_passes_on(procs: Processes) -> None:
+    unit = ok(
+        procs,
+        "systemd",
+        APP,
+        "--grace-period",
+        "120.5",
+        "--lease",
+        "30",
+        "--queues",
+        "high,low",
+        "-c",
+        "4",
+        "--user",
+        "shop",
+    )
+
+    settings = unit.splitlines()
+    assert "TimeoutStopSec=136" in settings
+    assert "User=shop" in settings
+    assert worker_command(unit)[5:] == [
+        "--queues",
+        "high,low",
+        "--concurrency",
+        "4",
+        "--processes",
+        "1",
+        "--grace-period",
+        "120.5",
+        "--lease",
+        "30",
+    ]
+
+
+def worker_command(unit: str) -> list[str]:
+    [start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    return shlex.split(start.removeprefix("ExecStart="))
 
 
 NOT_A_DIRECTORY = "sqlite:///{tmp_path}/a-file/jobs.db"
@@ -213,7 +338,7 @@ ERRORS = {
     "retry of an unknown id": (
         ["dlq", APP, "retry", "0123"],
         {},
-        "1 of the ids are not in the dead-letter queue",
+        "1 of the ids is not in the dead-letter queue",
     ),
     "status, unwritable sqlite path": (
         ["status", APP],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 from pathlib import Path
 
@@ -94,6 +95,39 @@ def test_a_burst_worker_drains_every_ready_job_then_exits_0(
     assert sorted(int(line.split()[0]) for line in lines(log)) == list(range(20))
     assert {record_of(app, j.id).status for j in ready} == {JobStatus.SUCCEEDED}
     assert record_of(app, later.id).status == JobStatus.SCHEDULED  # not ready: left alone
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.timeout(20)
+def test_a_burst_worker_says_how_many_jobs_it_left_for_a_later_time(
+    app: Afterwork, procs: Processes, where: str, processes: str
+) -> None:
+    retried = send(app, "retry_later", where, 3600)
+    send(app, "done", where, "later", delay="2h")
+    send(app, "done", where, "elsewhere", delay="1h", queue="other")  # not this worker's queue
+
+    worker = procs.worker("--burst", "--processes", processes)
+
+    assert worker.wait() == 0, worker.output()
+    assert record_of(app, retried.id).status == JobStatus.RETRYING
+    due = dt.datetime.fromtimestamp(record_of(app, retried.id).run_at)
+    [line] = [line for line in worker.output().splitlines() if "left for a later run" in line]
+    assert line.endswith(
+        "2 jobs left for a later run (1 scheduled, 1 retrying); "
+        f"the first is due at {due:%Y-%m-%d %H:%M:%S}"
+    )
+
+
+@pytest.mark.timeout(20)
+def test_a_burst_worker_that_leaves_nothing_for_later_does_not_mention_it(
+    app: Afterwork, procs: Processes, where: str
+) -> None:
+    send(app, "done", where, "now")
+
+    worker = procs.worker("--burst")
+
+    assert worker.wait() == 0, worker.output()
+    assert "left for a later run" not in worker.output()
 
 
 @pytest.mark.timeout(20)

@@ -287,7 +287,9 @@ class MemoryBroker(Broker):
                 if (queue is None or j.queue == queue)
                 and (status is None or j.status_at(now) == status)
             ]
-        if status in WAITING:
+        if status in (JobStatus.SCHEDULED, JobStatus.RETRYING):  # in the order they fall due
+            jobs.sort(key=lambda j: (j.run_at, -j.priority, j.enqueued_at))
+        elif status in WAITING:
             jobs.sort(key=lambda j: (-j.priority, j.run_at, j.enqueued_at))
         else:  # newest first, and of jobs that changed at the same time the last enqueued
             jobs.reverse()

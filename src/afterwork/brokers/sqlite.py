@@ -382,7 +382,10 @@ class SQLiteBroker(Broker):
             where.append(_STATUS_FILTERS.get(status, f"status = '{status}'"))
         if queue is not None:
             where.append("queue = :queue")
-        order = "priority DESC, run_at, seq" if status in WAITING else _NEWEST_FIRST
+        if status in (JobStatus.SCHEDULED, JobStatus.RETRYING):  # in the order they fall due
+            order = "run_at, priority DESC, seq"
+        else:
+            order = "priority DESC, run_at, seq" if status in WAITING else _NEWEST_FIRST
         query = (
             f"SELECT * FROM afterwork_jobs WHERE {' AND '.join(where)} "
             f"ORDER BY {order} LIMIT :limit"
