@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,32 @@ def test_a_nested_function_is_refused_as_an_ad_hoc_job(durable_app: Afterwork) -
 
     with pytest.raises(ValueError, match="inside another function"):
         durable_app.enqueue(nested)
+
+
+async def test_a_function_outside_the_apps_package_is_refused_at_enqueue(
+    durable_app: Afterwork,
+) -> None:
+    # A worker would never import it: the job could only end in the dead-letter queue.
+    with pytest.raises(TaskConfigurationError) as excinfo:
+        durable_app.enqueue(os.getcwd)
+    message = str(excinfo.value)
+    assert "getcwd" in message
+    assert f"the app's own package {durable_app.home_package!r}" in message
+    assert "Decorate it with @jobs.task, or define it in" in message
+    with pytest.raises(TaskConfigurationError, match="dumps"):
+        await durable_app.aenqueue(json.dumps, {})
+    assert await (await durable_app.aconnect()).list_jobs() == []
+    assert not durable_app.tasks
+
+
+async def test_the_in_process_queue_still_runs_any_callable() -> None:
+    jobs = Afterwork("memory://")
+    await jobs.start()
+    try:
+        job = jobs.enqueue(os.getcwd)
+        assert await job.aresult(timeout=5) == os.getcwd()
+    finally:
+        await jobs.stop()
 
 
 async def test_a_worker_that_never_saw_an_ad_hoc_function_imports_it_from_the_apps_package(

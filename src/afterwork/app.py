@@ -265,7 +265,7 @@ class Afterwork:
     def _import_ad_hoc(self, name: str) -> Task[Any, Any]:
         module, _, qualname = name.partition(":")
         home = self.home_package
-        if not home or not (module == home or module.startswith(home + ".")):
+        if not self._in_home_package(module):
             raise UnknownTask(
                 f"ad hoc job {name!r} names a function outside the app's package {home!r}; "
                 "only functions in the app's own package run as ad hoc jobs. "
@@ -287,11 +287,24 @@ class Afterwork:
             )
         return self._ad_hoc_task(target)
 
+    def _in_home_package(self, module: str) -> bool:
+        home = self.home_package
+        return bool(home) and (module == home or module.startswith(home + "."))
+
     def _ad_hoc_task(self, func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):
             return func
         check_importable(func, f"ad hoc job {getattr(func, '__qualname__', func)!r}")
-        name = f"{module_name(func)}:{func.__qualname__}"
+        module = module_name(func)
+        if not self._in_home_package(module):
+            # A worker would refuse to import it (and dead-letter the job): say so now.
+            raise TaskConfigurationError(
+                f"cannot enqueue {func.__qualname__} (from module {module!r}) as an ad hoc job: "
+                f"workers only import ad hoc functions from the app's own package "
+                f"{self.home_package!r}. Decorate it with @jobs.task, or define it in "
+                f"{self.home_package!r}"
+            )
+        name = f"{module}:{func.__qualname__}"
         task = self.tasks.get(name)
         if task is None:
             task = self._register(
