@@ -42,8 +42,9 @@
 --   P:where:<id>        string  the queue of a job, so get(id) can find its keys;
 --                               no hash tag, so these spread over the cluster
 --
--- Calling convention: KEYS are the eight per-queue sets in the order listed
--- (ready, scheduled, retrying, running, succeeded, cancelled, failed, expiry) and
+-- Calling convention: KEYS are the per-queue sets in the order listed (ready,
+-- scheduled, retrying, running, succeeded, cancelled, failed, expiry), as many as
+-- the script uses (enqueue the first three, claim and extend four), and
 -- ARGV[1] is "{P:Q}:", from which per-job key names are built; those share the
 -- queue's hash tag, so they are in the same slot as the declared keys.
 --
@@ -59,6 +60,7 @@ local FINISHED = {succeeded = KEYS[5], cancelled = KEYS[6], failed = KEYS[7]}
 local EXPIRY = KEYS[8]
 local BASE = ARGV[1]
 local WAITING = {queued = true, scheduled = true, retrying = true}
+local DONE = {succeeded = true, cancelled = true, failed = true}
 local MAX_WAKE_TOKENS = 64
 
 local function num(value, default)
@@ -111,16 +113,20 @@ local function notify_waiters(id)
   end
 end
 
--- Finish a job: it leaves every waiting and running set, is kept ttl seconds in
--- its status's set, gives up its unique key and wakes whoever waits for it.
-local function finish(id, job, status, now_text, ttl, grace)
+-- Finish a job: it leaves the running set (or with `waiting`, the waiting sets),
+-- is kept ttl seconds in its status's set, gives up its unique key and wakes
+-- whoever waits for it.
+local function finish(id, job, status, now_text, ttl, grace, waiting)
   local expires_at = tonumber(now_text) + ttl
   redis.call('HSET', job, 'status', status, 'finished_at', now_text, 'expires_at', expires_at)
-  redis.call('HDEL', job, 'worker', 'lease_until')
-  redis.call('ZREM', RUNNING, id)
-  redis.call('ZREM', READY, id)
-  redis.call('ZREM', SCHEDULED, id)
-  redis.call('ZREM', RETRYING, id)
+  if waiting then
+    redis.call('ZREM', READY, id)
+    redis.call('ZREM', SCHEDULED, id)
+    redis.call('ZREM', RETRYING, id)
+  else
+    redis.call('HDEL', job, 'worker', 'lease_until')
+    redis.call('ZREM', RUNNING, id)
+  end
   redis.call('ZADD', FINISHED[status], now_text, id)
   redis.call('ZADD', EXPIRY, expires_at, id)
   release_unique(id, job)
@@ -142,7 +148,10 @@ local function put_back(id, job, status, now)
 end
 
 -- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
--- 'scheduled' | 'retrying'), then the job's fields as name, value pairs.
+-- 'scheduled' | 'retrying'), the job's text and number fields as one MessagePack
+-- array of name, value pairs (one argument packs and sends faster than forty),
+-- then its binary fields (payload, result) as name, value arguments, since
+-- Redis's cmsgpack has no binary type.
 -- Returns {1} when stored, or {0, fields} of the job that stands instead: the one
 -- already stored under this id, or the active job holding the unique key.
 local function store(i)
@@ -163,7 +172,10 @@ local function store(i)
     end
     redis.call('SET', key, id)
   end
-  redis.call('HSET', job, unpack(ARGV, i + 4))
+  redis.call('HSET', job, unpack(cmsgpack.unpack(ARGV[i + 4])))
+  if #ARGV > i + 4 then
+    redis.call('HSET', job, unpack(ARGV, i + 5))
+  end
   if target == 'ready' then
     make_ready(id, job)
   else
@@ -221,7 +233,7 @@ while #claimed < limit do
     local status = f[1] or ''
     -- A hash that is gone or already running or finished is a stale entry: drop it.
     -- A hash with a status we do not know is claimed, so the broker dead-letters it.
-    if redis.call('EXISTS', job) == 1 and status ~= 'running' and not FINISHED[status] then
+    if redis.call('EXISTS', job) == 1 and status ~= 'running' and not DONE[status] then
       redis.call('HSET', job, 'status', 'running', 'attempts', num(f[2], 0) + 1,
         'worker', worker, 'started_at', now_text, 'lease_until', lease_until)
       redis.call('ZADD', RUNNING, lease_until, id)
@@ -359,7 +371,7 @@ local id, now_text = ARGV[2], ARGV[3]
 local job = job_key(id)
 local f = redis.call('HMGET', job, 'status', 'result_ttl')
 if WAITING[f[1]] then
-  finish(id, job, 'cancelled', now_text, num(f[2], 86400), tonumber(ARGV[4]))
+  finish(id, job, 'cancelled', now_text, num(f[2], 86400), tonumber(ARGV[4]), true)
   return 2
 elseif f[1] == 'running' then
   redis.call('HSET', job, 'cancel_requested', '1')

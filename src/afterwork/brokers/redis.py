@@ -100,6 +100,8 @@ CONNECT_TIMEOUT = 5.0
 _HANDED_OUT_MAX = 100_000
 
 _SETS = ("ready", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed", "expiry")
+#: Scripts that use only the first few of the per-queue sets are sent only those.
+_KEYS_USED = {"enqueue": 3, "claim_fire": 3, "discard": 3, "claim": 4, "extend": 4}
 _SOURCE = load_queries("redis.lua")
 _SCRIPTS = {
     name: f"{_SOURCE['common']}\n{body}" for name, body in _SOURCE.items() if name != "common"
@@ -107,6 +109,7 @@ _SCRIPTS = {
 _SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 _STATS_ORDER = ("queued", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed")
 _worker_decoder = msgspec.json.Decoder(WorkerInfo)
+_msgpack = msgspec.msgpack.Encoder()
 _error_encoder = msgspec.json.Encoder()
 
 
@@ -148,7 +151,8 @@ def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
     else:
         target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
     unique = ("0", "") if job.unique_key is None else ("1", job.unique_key)
-    return (job.id, *unique, target, *encode_job(job))
+    text, binary = encode_job(job)
+    return (job.id, *unique, target, _msgpack.encode(text), *binary)
 
 
 class _Queue:
@@ -162,7 +166,8 @@ class _Queue:
         self.keys = tuple(self.base + s for s in _SETS)
 
     def script(self, name: str, *args: Any) -> tuple[Any, ...]:
-        return ("EVALSHA", _SHA[name], len(self.keys), *self.keys, self.base, *args)
+        keys = self.keys[: _KEYS_USED.get(name, len(_SETS))]
+        return ("EVALSHA", _SHA[name], len(keys), *keys, self.base, *args)
 
     def job(self, job_id: str) -> str:
         return f"{self.base}job:{job_id}"
@@ -637,7 +642,9 @@ class RedisBroker(Broker):
             if (job := self._decode(q, raw, i)) is not None
             and (status is None or job.status_at(now) == status)
         ]
-        if status in WAITING:
+        if status in (JobStatus.SCHEDULED, JobStatus.RETRYING):  # in the order they fall due
+            jobs.sort(key=lambda j: (j.run_at, -j.priority, j.id))
+        elif status in WAITING:
             jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         else:  # newest first, and of jobs that changed at the same time the last enqueued
             jobs.sort(key=lambda j: (j.finished_at or j.started_at or j.enqueued_at, j.id))

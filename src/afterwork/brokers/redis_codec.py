@@ -24,11 +24,12 @@ _error_encoder = msgspec.json.Encoder()
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 
 
-def encode_job(job: JobRecord) -> list[Any]:
-    """The record as hash field, value pairs (flat), without the fields that are None."""
-    fields: list[Any] = [
+def encode_job(job: JobRecord) -> tuple[list[Any], list[Any]]:
+    """The record as hash field, value pairs (flat), without the fields that are None:
+    the text and number fields, and apart from them the binary ones (payload, result)."""
+    text: list[Any] = [
         "id", job.id, "task", job.task, "queue", job.queue, "priority", job.priority,
-        "payload", job.payload, "status", str(job.status), "run_at", repr(job.run_at),
+        "status", str(job.status), "run_at", repr(job.run_at),
         "enqueued_at", repr(job.enqueued_at), "max_attempts", job.max_attempts,
         "result_ttl", repr(job.result_ttl), "attempts", job.attempts,
     ]  # fmt: skip
@@ -39,19 +40,20 @@ def encode_job(job: JobRecord) -> list[Any]:
         ("lease_until", job.lease_until),
         ("expires_at", job.expires_at),
     )
-    fields += [
-        item for name, value in optional if value is not None for item in (name, repr(value))
-    ]
-    for name, text in (("unique_key", job.unique_key), ("worker", job.worker)):
-        if text is not None:
-            fields += [name, text]
+    for name, value in optional:
+        if value is not None:
+            text += [name, repr(value)]
+    for name, label in (("unique_key", job.unique_key), ("worker", job.worker)):
+        if label is not None:
+            text += [name, label]
     if job.cancel_requested:
-        fields += ["cancel_requested", "1"]
-    if job.result is not None:
-        fields += ["result", job.result]
+        text += ["cancel_requested", "1"]
     if job.error is not None:
-        fields += ["error", _error_encoder.encode(job.error)]
-    return fields
+        text += ["error", _error_encoder.encode(job.error).decode()]
+    binary: list[Any] = ["payload", job.payload]
+    if job.result is not None:
+        binary += ["result", job.result]
+    return text, binary
 
 
 def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
