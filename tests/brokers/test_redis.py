@@ -27,6 +27,7 @@ from redis_servers import REDIS_SERVER, RedisServer, free_port
 from afterwork import Afterwork
 from afterwork.brokers import Outcome, OutcomeKind, create_broker
 from afterwork.brokers.redis import RedisBroker
+from afterwork.brokers.redis_connection import RedisConnection
 from afterwork.clock import Clock, ManualClock
 from afterwork.errors import BrokerConnectionError, InvalidURL, MissingDependency
 from afterwork.job import ErrorInfo, JobRecord, JobStatus
@@ -215,7 +216,8 @@ async def test_a_unix_socket_url_reaches_the_server(private_server, open_broker:
 
 def test_a_missing_redis_package_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "afterwork.brokers.redis")
+    for module in ("afterwork.brokers.redis", "afterwork.brokers.redis_connection"):
+        monkeypatch.delitem(sys.modules, module)
 
     with pytest.raises(MissingDependency, match=r"pip install 'afterwork\[redis\]'"):
         create_broker("redis://localhost:6379/0", clock=ManualClock())
@@ -341,14 +343,14 @@ async def test_enqueue_claim_extend_and_settle_of_a_batch_are_one_round_trip_eac
 ):
     broker = await open_broker()
     trips: list[int] = []
-    send = RedisBroker._send
+    send = RedisConnection.send
 
     async def counting_send(client, commands):
         if commands:
             trips.append(len(commands))
         return await send(client, commands)
 
-    monkeypatch.setattr(RedisBroker, "_send", staticmethod(counting_send))
+    monkeypatch.setattr(RedisConnection, "send", staticmethod(counting_send))
     jobs = [job(f"j{i:03}", broker.clock, queue=("a", "b")[i % 2]) for i in range(200)]
 
     async def count(action: Awaitable[object]) -> int:

@@ -10,10 +10,7 @@ Why this shape:
 * Every state change (enqueue with its unique-key check, claim, extend, each
   outcome, lease recovery, cancel, retry, purge) is one Lua script in
   ``redis.lua``, whose header documents the keys: atomic without WATCH loops,
-  and one round trip. Scripts run by ``EVALSHA`` straight from pipelines (a
-  redis-py ``Script`` in a pipeline costs a ``SCRIPT EXISTS`` round trip on
-  every execution); after ``NOSCRIPT`` (a restarted server) they are loaded
-  and the refused calls sent again.
+  and one round trip; batches pipeline them (``redis_connection.py``).
 * Idle workers do not poll: they ``BLPOP`` on per-queue wake lists that
   enqueue, retry and requeue push a token to in the same pipeline, with a
   timeout no longer than the time until the next delayed job is due. A token
@@ -38,29 +35,16 @@ Other query options go to redis-py (``ssl_cert_reqs``, ``socket_timeout``...).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import hashlib
-import re
-import threading
+import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..defaults import DEFAULT_QUEUE
-from ..errors import BrokerConnectionError, BrokerError, InvalidURL
 from ..job import FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus
-from . import redact
 from .base import (
     Broker,
     Outcome,
@@ -71,11 +55,10 @@ from .base import (
     expired_lease_outcome,
 )
 from .redis_codec import decode_job, encode_job, pairs
-from .sql import load_queries
+from .redis_connection import SHA, RedisConnection, parse_redis_url
 
-#: Keys start with this unless the URL says ``?prefix=...``.
-DEFAULT_PREFIX = "afterwork"
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+logger = logging.getLogger("afterwork.brokers.redis")
+
 #: A wake list never holds more tokens than this: enough to wake that many idle
 #: workers for a batch, few enough that stale tokens cost little.
 WAKE_TOKENS = 64
@@ -93,8 +76,6 @@ REGISTER_EVERY = 60.0
 WORKER_TTL = 60
 #: Blocking reads are cut into pieces no longer than this, well inside the socket timeout.
 BLOCK_CHUNK = 10.0
-SOCKET_TIMEOUT = 30.0
-CONNECT_TIMEOUT = 5.0
 #: Jobs this broker handed out, remembered with their queue so settle and extend
 #: need no look-up; forgotten when settled, and all of them past this many.
 _HANDED_OUT_MAX = 100_000
@@ -102,46 +83,10 @@ _HANDED_OUT_MAX = 100_000
 _SETS = ("ready", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed", "expiry")
 #: Scripts that use only the first few of the per-queue sets are sent only those.
 _KEYS_USED = {"enqueue": 3, "claim_fire": 3, "discard": 3, "claim": 4, "extend": 4}
-_SOURCE = load_queries("redis.lua")
-_SCRIPTS = {
-    name: f"{_SOURCE['common']}\n{body}" for name, body in _SOURCE.items() if name != "common"
-}
-_SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 _STATS_ORDER = ("queued", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed")
 _worker_decoder = msgspec.json.Decoder(WorkerInfo)
 _msgpack = msgspec.msgpack.Encoder()
 _error_encoder = msgspec.json.Encoder()
-
-
-def parse_redis_url(url: str) -> tuple[str, str, bool]:
-    """Split afterwork's options off a Redis URL: (URL for redis-py, key prefix, cluster)."""
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 (raises ValueError for a bad port)
-    except ValueError:
-        raise InvalidURL(f"invalid Redis URL {redact(url)!r}: the port is not a number") from None
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise InvalidURL(
-            f"invalid Redis URL {redact(url)!r}: the path must be a database number, as in "
-            "redis://localhost:6379/0"
-        )
-    prefix, cluster, rest = DEFAULT_PREFIX, False, []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "prefix":
-            if not _PREFIX.match(value):
-                raise InvalidURL(
-                    f"invalid Redis URL {redact(url)!r}: prefix must be 1 to 64 letters, "
-                    f"digits, '_', '.' or '-'; got {value!r}"
-                )
-            prefix = value
-        elif name == "cluster":
-            if value.lower() not in ("yes", "true", "1", "no", "false", "0"):
-                raise InvalidURL(f"invalid Redis URL {redact(url)!r}: cluster must be yes or no")
-            cluster = value.lower() in ("yes", "true", "1")
-        else:
-            rest.append((name, value))
-    return parts._replace(query=urlencode(rest)).geturl(), prefix, cluster
 
 
 def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
@@ -167,7 +112,7 @@ class _Queue:
 
     def script(self, name: str, *args: Any) -> tuple[Any, ...]:
         keys = self.keys[: _KEYS_USED.get(name, len(_SETS))]
-        return ("EVALSHA", _SHA[name], len(keys), *keys, self.base, *args)
+        return ("EVALSHA", SHA[name], len(keys), *keys, self.base, *args)
 
     def job(self, job_id: str) -> str:
         return f"{self.base}job:{job_id}"
@@ -176,147 +121,18 @@ class _Queue:
 class RedisBroker(Broker):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self._client_url, self.prefix, self.cluster = parse_redis_url(url)
+        client_url, self.prefix, self.cluster = parse_redis_url(url)
+        self._redis = RedisConnection(url, client_url, cluster=self.cluster)
         self._global = f"{{{self.prefix}}}:"
-        self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         self._queues: dict[str, _Queue] = {}
-        self._registered: dict[str, float] = {}  # queue -> when this broker last added it
+        self._registered: dict[str, float] = {}  # queue -> when to add it to the registry again
         self._handed_out: dict[str, str] = {}
-        self._scripts_loaded = False
-
-    # -- connections --------------------------------------------------------------------
-
-    def _new_client(self) -> Any:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": SOCKET_TIMEOUT,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        }
-        if not self._client_url.startswith("unix:"):
-            options["socket_keepalive"] = True
-        if self.cluster:
-            return RedisCluster.from_url(self._client_url, max_connections=1000, **options)
-        return aioredis.Redis.from_url(self._client_url, health_check_interval=30, **options)
-
-    async def _client(self) -> Any:
-        """This event loop's client: redis-py's asyncio clients belong to one loop.
-
-        Each comes with an async generator the loop closes when it shuts down
-        (``asyncio.run`` does), which closes the client with its loop.
-        """
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
-            with self._lock:
-                for stale in [lp for lp in self._clients if lp.is_closed()]:
-                    del self._clients[stale]  # closed without shutting down: nothing to do
-                entry = self._clients.get(loop)
-                created = entry is None
-                if entry is None:
-                    client = self._new_client()
-                    entry = self._clients[loop] = (client, self._closer(loop, client))
-            if created:
-                await anext(entry[1])
-        return entry[0]
-
-    async def _closer(
-        self, loop: asyncio.AbstractEventLoop, client: Any
-    ) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._clients.get(loop, (None,))[0] is client:
-                    del self._clients[loop]
-            with contextlib.suppress(Exception):
-                await client.aclose()
 
     async def connect(self) -> None:
-        if asyncio.get_running_loop() in self._clients and self._scripts_loaded:
-            return
-        try:
-            client = await self._client()
-            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT)
-            if not self._scripts_loaded:
-                await self._load_scripts(client)
-        except (RedisError, OSError, ValueError, TypeError, TimeoutError) as exc:
-            with self._lock:
-                entry = self._clients.pop(asyncio.get_running_loop(), None)
-            if entry is not None:
-                await entry[1].aclose()
-            raise BrokerConnectionError(
-                f"cannot connect to Redis at {redact(self.url)}: {exc}; check the address, "
-                "the password and that the server is running"
-            ) from exc
-
-    async def _load_scripts(self, client: Any) -> None:
-        for name, text in _SCRIPTS.items():
-            sha = await client.script_load(text)
-            if sha != _SHA[name]:  # pragma: no cover (Redis and hashlib agree on SHA1)
-                raise BrokerError(f"Redis gave script {name} the digest {sha}, not {_SHA[name]}")
-        self._scripts_loaded = True
+        await self._redis.connect()
 
     async def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, {}
-            self._scripts_loaded = False
-        current = asyncio.get_running_loop()
-        for loop, (_, closer) in clients.items():
-            with contextlib.suppress(Exception):
-                if loop is current:
-                    await closer.aclose()
-                elif loop.is_running():
-                    done = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
-                    await asyncio.wait_for(asyncio.wrap_future(done), 1.0)
-
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Turn redis-py's errors into afterwork's, naming the server without its password."""
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerConnectionError(
-                f"lost the connection to Redis at {redact(self.url)} while {action}: {exc}"
-            ) from exc
-        except RedisError as exc:
-            raise BrokerError(f"Redis at {redact(self.url)} failed while {action}: {exc}") from exc
-
-    async def _pipeline(
-        self, commands: Sequence[tuple[Any, ...]], then: Sequence[tuple[Any, ...]] = ()
-    ) -> list[Any]:
-        """Run ``commands`` and then ``then`` in one round trip; return the commands' replies.
-
-        A cluster pipeline runs each node's part in parallel, so there ``then``
-        (wake-ups) waits for the commands, or a worker could wake before its job exists.
-        """
-        client = await self._client()
-        if self.cluster:
-            results = await self._send(client, commands)
-        else:
-            results = (await self._send(client, [*commands, *then]))[: len(commands)]
-        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if refused:  # the server lost its scripts (a restart): load them, send those again
-            await self._load_scripts(client)
-            again = await self._send(client, [commands[i] for i in refused])
-            for i, result in zip(refused, again, strict=True):
-                results[i] = result
-        if self.cluster or refused:
-            await self._send(client, then)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
-
-    @staticmethod
-    async def _send(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        if not commands:
-            return []
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+        await self._redis.close()
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -338,14 +154,14 @@ class RedisBroker(Broker):
         return commands
 
     async def _all_queues(self) -> list[_Queue]:
-        names = await (await self._client()).smembers(f"{self._global}queues")
+        names = await (await self._redis.client()).smembers(f"{self._global}queues")
         return [self._queue(n.decode()) for n in sorted(names)]
 
     async def _locate(self, job_ids: Sequence[str]) -> dict[str, _Queue]:
         """The queues of jobs: from those this broker handed out, else the per-job index."""
         found = {i: self._queue(q) for i in job_ids if (q := self._handed_out.get(i))}
         unknown = [i for i in dict.fromkeys(job_ids) if i not in found]
-        replies = await self._pipeline([("GET", self._where(i)) for i in unknown])
+        replies = await self._redis.pipeline([("GET", self._where(i)) for i in unknown])
         found.update(
             {i: self._queue(q.decode()) for i, q in zip(unknown, replies, strict=True) if q}
         )
@@ -372,8 +188,8 @@ class RedisBroker(Broker):
             commands.append(self._queue(job.queue).script("enqueue", *_store_args(job, now)))
             commands.append(("SET", self._where(job.id), job.queue, "NX"))
         then, queues = self._announce(jobs)
-        with self._errors("enqueueing jobs"):
-            replies = await self._pipeline(commands, then)
+        with self._redis.errors("enqueueing jobs"):
+            replies = await self._redis.pipeline(commands, then)
             self._registered_now(queues)
             return await self._stored(jobs, replies)
 
@@ -402,11 +218,11 @@ class RedisBroker(Broker):
         and storing its job are one script; a skipped fire (no job) goes where the
         schedule's state already is."""
         registry = f"{self._global}schedules"
-        with self._errors("recording a periodic fire"):
+        with self._redis.errors("recording a periodic fire"):
             if job is not None:
                 queue = self._queue(job.queue)
             else:
-                known = await (await self._client()).hget(registry, schedule)
+                known = await (await self._redis.client()).hget(registry, schedule)
                 queue = self._queue(known.decode() if known else DEFAULT_QUEUE)
             args: tuple[Any, ...] = (schedule, repr(fire_at), "0")
             if job is not None:
@@ -418,20 +234,20 @@ class RedisBroker(Broker):
                 commands.append(("SET", self._where(job.id), job.queue, "NX"))
                 announce, queues = self._announce([job])
                 then += announce
-            replies = await self._pipeline(commands, then)
+            replies = await self._redis.pipeline(commands, then)
             self._registered_now(queues)
             won = bool(replies[0][0] == 1)
             if job is not None and won:
                 await self._stored([job], [replies[0][1], replies[1]])
             elif job is not None and replies[1]:  # lost the race: its index entry must go
-                await self._pipeline([("DEL", self._where(job.id))])
+                await self._redis.pipeline([("DEL", self._where(job.id))])
         return won
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
-        with self._errors("reading periodic schedules"):
-            where = await (await self._client()).hgetall(f"{self._global}schedules")
+        with self._redis.errors("reading periodic schedules"):
+            where = await (await self._redis.client()).hgetall(f"{self._global}schedules")
             names = sorted(n.decode() for n in where)
-            raws = await self._pipeline(
+            raws = await self._redis.pipeline(
                 [
                     ("HGETALL", f"{self._queue(where[n.encode()].decode()).base}schedule:{n}")
                     for n in names
@@ -457,7 +273,7 @@ class RedisBroker(Broker):
             if reply[0] == 1:
                 if not indexed and (await self._locate([job.id])).get(job.id) is not queue:
                     # This id is already a job in another queue: that one stands.
-                    await self._pipeline([queue.script("discard", job.id)])
+                    await self._redis.pipeline([queue.script("discard", job.id)])
                     twin = await self.get(job.id)
                     stored.append(twin if twin is not None else copy.copy(job))
                 else:
@@ -468,7 +284,7 @@ class RedisBroker(Broker):
             if indexed and twin.id != job.id:  # not stored: its index entry must go
                 orphans.append(("DEL", self._where(job.id)))
             stored.append(twin)
-        await self._pipeline(orphans)
+        await self._redis.pipeline(orphans)
         return stored
 
     async def reserve(
@@ -476,7 +292,7 @@ class RedisBroker(Broker):
     ) -> list[JobRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block
-        with self._errors("claiming jobs"):
+        with self._redis.errors("claiming jobs"):
             while True:
                 generation = self.ready_signal.generation
                 jobs, next_due = await self._claim(queues, limit, worker, lease)
@@ -491,7 +307,7 @@ class RedisBroker(Broker):
     async def _sleep(self, queues: Sequence[str], timeout: float, generation: int) -> bool:
         """Block until a wake token for one of ``queues`` arrives or ``timeout`` passes;
         True if :meth:`wake` was called (this process wants its workers to stop waiting)."""
-        client = await self._client()
+        client = await self._redis.client()
         wake = [f"{self._global}wake:{q}" for q in dict.fromkeys(queues)]
         # BLPOP's timeout 0 would mean forever.
         pop = asyncio.ensure_future(client.blpop(wake, max(min(timeout, BLOCK_CHUNK), 0.001)))
@@ -519,7 +335,7 @@ class RedisBroker(Broker):
                 break
             queue = self._queue(name)
             args = (repr(now), worker, repr(now + lease), limit - len(claimed), BATCH_MAX)
-            [(found, due)] = await self._pipeline([queue.script("claim", *args)])
+            [(found, due)] = await self._redis.pipeline([queue.script("claim", *args)])
             for raw_id, raw in found:
                 record, problem = decode_job(pairs(raw), raw_id.decode(), name)
                 self._remember(record.id, name)
@@ -527,6 +343,13 @@ class RedisBroker(Broker):
                     claimed.append(record)
                 else:
                     error = ErrorInfo("CorruptJob", f"job {record.id} cannot be read: {problem}")
+                    logger.error(
+                        "job %s in queue %s cannot be read (%s); moved to the dead-letter queue",
+                        record.id,
+                        name,
+                        problem,
+                        extra={"job_id": record.id, "queue": name},
+                    )
                     corrupt.append(
                         Outcome(
                             job_id=record.id, worker=worker, kind=OutcomeKind.FAILED, error=error
@@ -547,7 +370,7 @@ class RedisBroker(Broker):
         if not job_ids:
             return []
         until = repr(self.clock.now() + lease)
-        with self._errors("renewing leases"):
+        with self._redis.errors("renewing leases"):
             where = await self._locate(job_ids)
             by_queue: dict[str, list[str]] = {}
             for job_id in dict.fromkeys(job_ids):
@@ -556,7 +379,7 @@ class RedisBroker(Broker):
             commands = [
                 self._queue(q).script("extend", worker, until, *ids) for q, ids in by_queue.items()
             ]
-            replies = await self._pipeline(commands)
+            replies = await self._redis.pipeline(commands)
         lost = {i.decode() for reply in replies for i in reply}
         return [i for i in job_ids if i in lost or i not in where]
 
@@ -564,7 +387,7 @@ class RedisBroker(Broker):
         if not outcomes:
             return
         now = repr(self.clock.now())
-        with self._errors("settling outcomes"):
+        with self._redis.errors("settling outcomes"):
             where = await self._locate([o.job_id for o in outcomes])
             commands: list[tuple[Any, ...]] = []
             woken: dict[str, int] = {}
@@ -580,15 +403,15 @@ class RedisBroker(Broker):
                 commands.append(queue.script("settle", *args, self.dead_letter_ttl, EXPIRY_GRACE))
                 if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
                     woken[queue.name] = woken.get(queue.name, 0) + 1
-            await self._pipeline(commands, self._wake(woken))
+            await self._redis.pipeline(commands, self._wake(woken))
         for o in outcomes:
             self._handed_out.pop(o.job_id, None)
 
     async def recover(self) -> int:
         now = self.clock.now()
-        with self._errors("recovering lost jobs"):
+        with self._redis.errors("recovering lost jobs"):
             queues = await self._all_queues()
-            replies = await self._pipeline(
+            replies = await self._redis.pipeline(
                 [q.script("recover", repr(now), BATCH_MAX) for q in queues]
             )
             commands: list[tuple[Any, ...]] = []
@@ -609,33 +432,33 @@ class RedisBroker(Broker):
                     )
                     if status == JobStatus.QUEUED:
                         woken[queue.name] = woken.get(queue.name, 0) + 1
-            results = await self._pipeline(commands, [*cleanup, *self._wake(woken)])
+            results = await self._redis.pipeline(commands, [*cleanup, *self._wake(woken)])
         return sum(results)
 
     # -- read side --------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:
-        with self._errors("reading a job"):
+        with self._redis.errors("reading a job"):
             queue = (await self._locate([job_id])).get(job_id)
             if queue is None:
                 return None
             return self._decode(
-                queue, await (await self._client()).hgetall(queue.job(job_id)), job_id
+                queue, await (await self._redis.client()).hgetall(queue.job(job_id)), job_id
             )
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50
     ) -> list[JobRecord]:
         now = self.clock.now()
-        with self._errors("listing jobs"):
+        with self._redis.errors("listing jobs"):
             queues = [self._queue(queue)] if queue is not None else await self._all_queues()
             per_queue = [self._candidates(q, status, now, limit) for q in queues]
-            replies = iter(await self._pipeline([c for cs in per_queue for c in cs]))
+            replies = iter(await self._redis.pipeline([c for cs in per_queue for c in cs]))
             wanted: list[tuple[_Queue, str]] = []
             for q, candidates in zip(queues, per_queue, strict=True):
                 ids = dict.fromkeys(i for _ in candidates for i in next(replies))
                 wanted += [(q, i.decode()) for i in ids]
-            raws = await self._pipeline([("HGETALL", q.job(i)) for q, i in wanted])
+            raws = await self._redis.pipeline([("HGETALL", q.job(i)) for q, i in wanted])
         jobs = [
             job
             for (q, i), raw in zip(wanted, raws, strict=True)
@@ -680,7 +503,7 @@ class RedisBroker(Broker):
 
     async def stats(self) -> QueueStats:
         now = repr(self.clock.now())
-        with self._errors("counting jobs"):
+        with self._redis.errors("counting jobs"):
             queues = await self._all_queues()
             commands: list[tuple[Any, ...]] = []
             for q in queues:
@@ -693,7 +516,7 @@ class RedisBroker(Broker):
                     ("ZCOUNT", retrying, f"({now}", "+inf"),
                     *[("ZCARD", key) for key in (running, succeeded, cancelled, failed)],
                 ]
-            replies = await self._pipeline(commands)
+            replies = await self._redis.pipeline(commands)
         stats: QueueStats = {}
         for n, q in enumerate(queues):
             ready, due, due_retry, *rest = replies[n * 9 : n * 9 + 9]
@@ -705,8 +528,8 @@ class RedisBroker(Broker):
 
     async def register_worker(self, info: WorkerInfo) -> None:
         workers = f"{self._global}workers"
-        with self._errors("registering a worker"):
-            await self._pipeline(
+        with self._redis.errors("registering a worker"):
+            await self._redis.pipeline(
                 [
                     ("ZADD", workers, repr(info.last_seen), info.id),
                     ("SET", f"{self._global}worker:{info.id}", msgspec.json.encode(info)),
@@ -716,8 +539,8 @@ class RedisBroker(Broker):
             )
 
     async def unregister_worker(self, worker_id: str) -> None:
-        with self._errors("unregistering a worker"):
-            await self._pipeline(
+        with self._redis.errors("unregistering a worker"):
+            await self._redis.pipeline(
                 [
                     ("ZREM", f"{self._global}workers", worker_id),
                     ("DEL", f"{self._global}worker:{worker_id}"),
@@ -726,8 +549,8 @@ class RedisBroker(Broker):
 
     async def workers(self, alive_within: float) -> list[WorkerInfo]:
         cutoff = repr(self.clock.now() - alive_within)
-        with self._errors("listing workers"):
-            client = await self._client()
+        with self._redis.errors("listing workers"):
+            client = await self._redis.client()
             ids = await client.zrangebyscore(f"{self._global}workers", cutoff, "+inf")
             if not ids:
                 return []
@@ -738,36 +561,36 @@ class RedisBroker(Broker):
     async def _failed(self, job_ids: Sequence[str] | None) -> list[tuple[_Queue, str]]:
         if job_ids is None:
             queues = await self._all_queues()
-            replies = await self._pipeline([("ZRANGE", q.keys[6], 0, -1) for q in queues])
+            replies = await self._redis.pipeline([("ZRANGE", q.keys[6], 0, -1) for q in queues])
             return [(q, i.decode()) for q, ids in zip(queues, replies, strict=True) for i in ids]
         where = await self._locate(job_ids)
         return [(where[i], i) for i in dict.fromkeys(job_ids) if i in where]
 
     async def retry_failed(self, job_ids: Sequence[str] | None = None) -> int:
-        with self._errors("retrying dead letters"):
+        with self._redis.errors("retrying dead letters"):
             failed = await self._failed(job_ids)
             now = repr(self.clock.now())
-            replies = await self._pipeline(
+            replies = await self._redis.pipeline(
                 [q.script("retry_failed", i, now) for q, i in failed],
                 self._wake({q.name: 1 for q, _ in failed}),
             )
         return sum(replies)
 
     async def purge(self, job_ids: Sequence[str] | None = None) -> int:
-        with self._errors("purging dead letters"):
+        with self._redis.errors("purging dead letters"):
             failed = await self._failed(job_ids)
-            replies = await self._pipeline([q.script("purge", i) for q, i in failed])
+            replies = await self._redis.pipeline([q.script("purge", i) for q, i in failed])
             gone = [i for (_, i), r in zip(failed, replies, strict=True) if r == 1]
-            await self._pipeline([("DEL", self._where(i)) for i in gone])
+            await self._redis.pipeline([("DEL", self._where(i)) for i in gone])
         return len(gone)
 
     async def cancel(self, job_id: str) -> bool:
-        with self._errors("cancelling a job"):
+        with self._redis.errors("cancelling a job"):
             queue = (await self._locate([job_id])).get(job_id)
             if queue is None:
                 return False
             args = (job_id, repr(self.clock.now()), EXPIRY_GRACE)
-            [reply] = await self._pipeline([queue.script("cancel", *args)])
+            [reply] = await self._redis.pipeline([queue.script("cancel", *args)])
         return bool(reply)
 
     async def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
@@ -779,12 +602,12 @@ class RedisBroker(Broker):
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        with self._errors("waiting for a job"):
+        with self._redis.errors("waiting for a job"):
             queue = (await self._locate([job_id])).get(job_id)
             if queue is None:
                 return None
             waiters, done = f"{queue.base}waiters:{job_id}", f"{queue.base}done:{job_id}"
-            client = await self._client()
+            client = await self._redis.client()
             register = False
             while True:
                 left = BLOCK_CHUNK if deadline is None else deadline - loop.time()
@@ -793,11 +616,11 @@ class RedisBroker(Broker):
                 if register and chunk > 0:
                     ttl = int((chunk + 5) * 1000)
                     commands[:0] = [("INCR", waiters), ("PEXPIRE", waiters, ttl)]
-                raw = (await self._pipeline(commands))[-1]
+                raw = (await self._redis.pipeline(commands))[-1]
                 record = self._decode(queue, raw, job_id)
                 if record is None or record.status in FINISHED or chunk <= 0:
                     if len(commands) > 1:  # finished meanwhile: nobody will take our token
-                        await self._pipeline([("DEL", waiters)])
+                        await self._redis.pipeline([("DEL", waiters)])
                     return record
                 if not register:
                     register = True  # look again, this time registered
@@ -811,9 +634,9 @@ class RedisBroker(Broker):
         For tests and for resetting a development server; there is no undo.
         """
         patterns = [f"{self._global}*", f"{{{self.prefix}:*", f"{self.prefix}:where:*"]
-        with self._errors("deleting keys"):
-            client = await self._client()
+        with self._redis.errors("deleting keys"):
+            client = await self._redis.client()
             keys = [k for p in patterns async for k in client.scan_iter(match=p, count=1000)]
-            await self._pipeline([("DEL", k) for k in keys])
+            await self._redis.pipeline([("DEL", k) for k in keys])
         self._registered.clear()
         return len(keys)
