@@ -50,7 +50,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not logging.getLogger().handlers:
+        if not logging.getLogger("afterwork").hasHandlers():  # LOGGING says nothing of it
             logging.basicConfig(
                 level=_LEVELS.get(options["verbosity"], logging.DEBUG),
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
