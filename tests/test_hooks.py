@@ -23,6 +23,19 @@ def broken(message: str) -> None:
     raise ValueError(message)
 
 
+def returns_nothing() -> None:
+    return None
+
+
+hanging: asyncio.Event | None = None
+
+
+async def hangs() -> None:
+    assert hanging is not None
+    hanging.set()
+    await asyncio.Event().wait()
+
+
 class Recorder(Hook):
     def before_enqueue(self, job: JobRecord) -> None:
         events.append(("before_enqueue", job.task, job.id))
@@ -231,3 +244,55 @@ def test_a_hook_with_no_overrides_is_accepted(tmp_path: Path) -> None:
         assert app.task(double).enqueue(1).info().status == "queued"
     finally:
         app.close()
+
+
+async def test_after_run_tells_a_cancelled_or_put_back_job_from_a_success_returning_none(
+    url: str,
+) -> None:
+    outcomes: list[tuple[str, Any, BaseException | None]] = []
+    settled = asyncio.Event()
+
+    class Outcomes(Hook):
+        def after_run(
+            self, worker: Worker, job: JobRecord, result: Any, error: BaseException | None
+        ) -> None:
+            outcomes.append((job.id, result, error))
+            settled.set()
+
+    app = Afterwork(url, hooks=[Outcomes()])
+
+    async def next_outcome() -> tuple[str, Any, BaseException | None]:
+        await asyncio.wait_for(settled.wait(), 5)
+        settled.clear()
+        return outcomes[-1]
+
+    async def started(task: Any) -> str:
+        global hanging
+        hanging = asyncio.Event()
+        handle = await task.aenqueue()
+        await asyncio.wait_for(hanging.wait(), 5)
+        return str(handle.id)
+
+    try:
+        worker = app.worker(heartbeat=0.05, lease=2.0, block=0.05)
+        running = asyncio.create_task(worker.run())
+        done = await app.task(returns_nothing).aenqueue()
+        assert await next_outcome() == (done.id, None, None)
+
+        cancelled = await started(app.task(hangs))
+        await app.job(cancelled).acancel()
+        job_id, result, error = await next_outcome()
+        assert (job_id, result) == (cancelled, None)
+        assert isinstance(error, asyncio.CancelledError)
+        assert str(error) == "cancelled"
+
+        put_back = await started(app.task(hangs))
+        worker.stop(immediately=True)
+        job_id, result, error = await next_outcome()
+        assert (job_id, result) == (put_back, None)
+        assert isinstance(error, asyncio.CancelledError)
+        assert str(error) == "shutdown"
+        await asyncio.wait_for(running, 5)
+        assert (await app.job(put_back).astatus()) == "queued"
+    finally:
+        await app.aclose()

@@ -32,7 +32,10 @@ class Hook:
     def after_run(
         self, worker: Worker, job: JobRecord, result: Any, error: BaseException | None
     ) -> None:
-        """In the worker, after the task function returned or raised."""
+        """In the worker, after the task function returned (``error`` is ``None``), raised
+        (``error`` is the exception) or was stopped: then ``error`` is an
+        :class:`asyncio.CancelledError` whose message is ``"cancelled"`` (the job was
+        cancelled or its lease lost) or ``"shutdown"`` (a stopping worker put it back)."""
 
     def on_retry(self, worker: Worker, job: JobRecord, error: ErrorInfo, delay: float) -> None:
         """A failed attempt will be retried after ``delay`` seconds."""

@@ -125,8 +125,11 @@ class JobHandle(Generic[R]):
         if record is None:
             raise JobNotFound(f"no job with id {self.id} (it may have expired)")
         if record.status == JobStatus.SUCCEEDED:
-            value: R = self._app.serializer.loads(record.result) if record.result else None  # type: ignore[assignment]
-            return value
+            value: Any = self._app.serializer.loads(record.result) if record.result else None
+            task = self._app.tasks.get(record.task)
+            # A task known here gets its return annotation's type back (a datetime, say).
+            converted: R = task.hints.result(value) if task is not None else value
+            return converted
         if record.status == JobStatus.FAILED:
             error = record.error or ErrorInfo("Unknown", "no error recorded")
             raise JobFailed(self.id, error.type, error.message, error.traceback)

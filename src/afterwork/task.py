@@ -20,7 +20,7 @@ from .errors import PayloadTooLarge, TaskConfigurationError
 from .job import JobHandle, JobRecord, JobStatus, new_job_id
 from .retry import RetryPolicy
 from .schedule import DurationLike, parse_duration, to_timestamp
-from .serialization import encode_arguments
+from .serialization import TypeHints, encode_arguments
 
 if TYPE_CHECKING:
     from .app import Afterwork
@@ -134,6 +134,7 @@ class Task(Generic[P, R]):
         self.run_at: float | None = None
         self.delay: float | None = None
         self.unique_key: str | None = None
+        self._hints: TypeHints | None = None
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
@@ -143,6 +144,14 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run the function here and now, as if it were not a task."""
         return self.func(*args, **kwargs)
+
+    @property
+    def hints(self) -> TypeHints:
+        """The function's annotated types, resolved at first use (when the module that
+        defines them has finished importing), to give decoded values their types back."""
+        if self._hints is None:
+            self._hints = TypeHints(self.func)
+        return self._hints
 
     def using(
         self,

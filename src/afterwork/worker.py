@@ -282,6 +282,7 @@ class Worker:
         try:
             task = self.app.resolve_task(job.task)
             args, kwargs = decode_arguments(self.app.serializer, job.payload)
+            args, kwargs = task.hints.arguments(task.name, args, kwargs)
         except (UnknownTask, SerializationError) as exc:
             self._dead_letter(job, error_info(exc))
             return
@@ -290,8 +291,9 @@ class Worker:
         try:
             result = await self._call(task, job, args, kwargs)
         except asyncio.CancelledError:
-            hooks.emit("after_run", self, job, None, None)
             reason = self._cancel_reason.get(job.id, _SHUTDOWN)
+            # Hooks tell a stop from a success: "cancelled" or "shutdown" (put back).
+            hooks.emit("after_run", self, job, None, asyncio.CancelledError(reason))
             self._report(
                 job, OutcomeKind.CANCELLED if reason == _CANCELLED else OutcomeKind.REQUEUE
             )
@@ -307,8 +309,8 @@ class Worker:
         except Exception as exc:
             # Running the task again would return the same value, and repeat its effects.
             error = SerializationError(
-                f"{task.name} returned a {type(result).__name__}, which cannot be stored as "
-                f"{self.app.serializer.name} ({exc}); return plain data such as an id"
+                f"{task.name} returned a value of type {type(result).__name__}, which cannot "
+                f"be stored as {self.app.serializer.name} ({exc}); return plain data such as an id"
             )
             error.__cause__ = exc
             self._dead_letter(job, error_info(error))
