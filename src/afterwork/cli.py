@@ -30,13 +30,16 @@ from .errors import AfterworkError
 from .job import JobRecord, JobStatus, describe
 from .report import (
     by_due_time,
+    gather_periodic,
     gather_status,
     job_json,
     left_for_later,
     render_job,
     render_jobs,
+    render_periodic,
     render_status,
 )
+from .scheduler import Scheduler
 from .supervisor import SUPERVISOR_FD_ENV, Supervisor
 
 T = TypeVar("T")
@@ -154,6 +157,11 @@ def main() -> None:
     "[default: a third of the lease, at most 1]",
 )
 @click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not fire periodic tasks from this worker (off in --burst too).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -168,6 +176,7 @@ def worker(
     grace_period: float,
     lease: float,
     heartbeat: float | None,
+    no_scheduler: bool,
     log_level: str,
 ) -> None:
     """Run jobs from the app's queues until SIGTERM or SIGINT (twice: at once)."""
@@ -186,6 +195,8 @@ def worker(
             grace_period=grace_period,
             lease=lease,
             heartbeat=heartbeat,
+            # A burst drains what is there; firing schedules would feed it forever.
+            scheduler=not (no_scheduler or burst),
         )
     except AfterworkError as exc:
         raise click.ClickException(str(exc)) from None
@@ -208,6 +219,8 @@ def worker(
             args += ["--heartbeat", str(heartbeat)]
         if burst:
             args.append("--burst")
+        if no_scheduler:
+            args.append("--no-scheduler")
         code = Supervisor(args, processes, grace_period, burst=burst).run()
         if burst:
             run(_with_broker(app, lambda b: _log_left_for_later(b, the_worker.queues)))
@@ -215,20 +228,7 @@ def worker(
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            name = signal.Signals(signum).name
-            if signals == 1:
-                logger.info("%s: finishing running jobs (again to stop at once)", name)
-            else:
-                logger.warning("%s again: stopping now, putting running jobs back", name)
-            the_worker.stop(immediately=signals > 1)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+        _stop_on_signals(loop, lambda now: the_worker.stop(immediately=now))
         if lifeline is not None:
             fd = int(lifeline)
 
@@ -252,6 +252,69 @@ def worker(
         os._exit(0)
 
 
+def _stop_on_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[bool], None], *, jobs: bool = True
+) -> None:
+    """SIGTERM/SIGINT stop gracefully (``stop(False)``); a second one stops at once."""
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        name = signal.Signals(signum).name
+        if not jobs:
+            logger.info("%s: stopping", name)
+        elif signals == 1:
+            logger.info("%s: finishing running jobs (again to stop at once)", name)
+        else:
+            logger.warning("%s again: stopping now, putting running jobs back", name)
+        stop(signals > 1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def scheduler(app_path: str, log_level: str) -> None:
+    """Fire the app's periodic tasks, without running jobs.
+
+    Every worker already runs a scheduler unless started with --no-scheduler;
+    however many run, each fire becomes one job.
+    """
+    _setup_logging(log_level)
+    app = load_app(app_path)
+    if not app.schedules:
+        raise click.ClickException(f"{app_path} has no periodic tasks (@jobs.periodic)")
+    the_scheduler = Scheduler(app)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        _stop_on_signals(loop, lambda _now: the_scheduler.stop(), jobs=False)
+        try:
+            await the_scheduler.run()
+        finally:
+            await app.aclose()
+
+    run(serve())
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def periodic(app_path: str, as_json: bool) -> None:
+    """The app's periodic tasks: schedule, next fire, last fire and its outcome."""
+    app = load_app(app_path)
+    rows = run(_with_broker(app, lambda b: gather_periodic(app, b)))
+    click.echo(json.dumps(rows, indent=2) if as_json else render_periodic(rows))
+
+
 async def _log_left_for_later(broker: Broker, queues: list[str]) -> None:
     """After a burst: say how many jobs wait for a later time, which it did not run."""
     try:
@@ -272,7 +335,7 @@ async def _log_left_for_later(broker: Broker, queues: list[str]) -> None:
 def status(app_path: str, as_json: bool) -> None:
     """Queues with job counts, the next jobs to run, and live workers."""
     app = load_app(app_path)
-    data = run(_with_broker(app, gather_status))
+    data = run(_with_broker(app, lambda b: gather_status(b, app=app)))
     click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
 
 

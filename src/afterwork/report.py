@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .brokers import Broker
 from .defaults import WORKER_STALE_AFTER
 from .job import JobRecord, JobStatus, describe
+from .scheduler import describe as describe_periodic
 from .serialization import Serializer
+
+if TYPE_CHECKING:
+    from .app import Afterwork
 
 STATUS_COLUMNS = [
     JobStatus.SCHEDULED,
@@ -27,8 +31,11 @@ STATUS_COLUMNS = [
 ]
 
 
-async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
-    """Queues with counts, the next jobs in run order, and live workers.
+async def gather_status(
+    broker: Broker, next_limit: int = 10, app: Afterwork | None = None
+) -> dict[str, Any]:
+    """Queues with counts, the next jobs in run order, live workers, and the app's
+    periodic tasks when ``app`` is given.
 
     The next jobs are the ready ones first, in the order workers claim them, then
     those waiting for a later time (scheduled, or retrying after a delay) by due time.
@@ -43,7 +50,7 @@ async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
             later += await broker.list_jobs(status=status, limit=room)
         upcoming += by_due_time(later)[:room]
     workers = await broker.workers(WORKER_STALE_AFTER)
-    return {
+    report: dict[str, Any] = {
         "queues": {
             queue: {str(s): counts.get(str(s), 0) for s in STATUS_COLUMNS}
             for queue, counts in sorted(stats.items())
@@ -51,6 +58,50 @@ async def gather_status(broker: Broker, next_limit: int = 10) -> dict[str, Any]:
         "next": [describe(job, now) for job in upcoming],
         "workers": [msgspec.to_builtins(w) for w in workers],
     }
+    if app is not None and app.schedules:
+        report["periodic"] = await gather_periodic(app, broker)
+    return report
+
+
+async def gather_periodic(app: Afterwork, broker: Broker) -> list[dict[str, Any]]:
+    """Each periodic task: its schedule, next fire, last fire and how that run went."""
+    states = await broker.schedule_states()
+    now = broker.clock.now()
+    rows = []
+    for periodic in app.schedules.values():
+        state = states.get(periodic.name)
+        last = await broker.get(state.last_job) if state and state.last_job else None
+        rows.append(
+            {
+                "task": periodic.name,
+                "schedule": describe_periodic(periodic),
+                "next_fire": periodic.schedule.next_after(now),
+                "last_fire": state.last_fire if state else None,
+                "last_job": state.last_job if state else None,
+                "last_status": str(last.status_at(now)) if last else None,
+                "last_error": last.error.type if last and last.error else None,
+            }
+        )
+    return rows
+
+
+def render_periodic(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "  no periodic tasks"
+    return table(
+        ["task", "schedule", "next fire", "last fire", "last run", "error"],
+        [
+            [
+                r["task"],
+                r["schedule"],
+                when(r["next_fire"]),
+                when(r["last_fire"]),
+                r["last_status"] or "-",
+                r["last_error"] or "",
+            ]
+            for r in rows
+        ],
+    )
 
 
 async def left_for_later(broker: Broker, queues: list[str]) -> str | None:
@@ -140,6 +191,8 @@ def render_status(status: dict[str, Any]) -> str:
         )
     else:
         out.append("  no live workers")
+    if "periodic" in status:
+        out += ["", "Periodic", render_periodic(status["periodic"])]
     return "\n".join(out)
 
 
