@@ -450,6 +450,8 @@ class Afterwork:
         asyncio.run_coroutine_threadsafe(self.stop(grace_period=grace_period), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()  # its selector and self-pipe, rather than leaving them to the GC
         self._thread = None
 
 

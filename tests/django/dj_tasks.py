@@ -38,3 +38,18 @@ def note(path: str, label: str) -> str:
 @task(queue_name="emails", priority=10)
 def send_email(address: str) -> str:
     return f"sent to {address}"
+
+
+@task
+def flaky(path: str) -> str:
+    """Fails on its first attempt (it leaves ``path`` behind), then succeeds."""
+    marker = Path(path)
+    if not marker.exists():
+        marker.write_text("failed once")
+        raise ConnectionError("the first attempt fails")
+    return "second time lucky"
+
+
+@task
+def returns_a_set() -> set[int]:
+    return {1, 2}

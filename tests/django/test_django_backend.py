@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import dj_settings
 import dj_tasks
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
 
+from afterwork import JobCancelled, RetryPolicy
 from afterwork.integrations.django import (
     AfterworkBackend,
     get_backend,
@@ -223,3 +225,38 @@ def test_on_memory_the_embedded_worker_runs_jobs_and_results_stay_in_process() -
             assert finished(dj_tasks.whoami.enqueue("x")).return_value["attempt"] == 1
         finally:
             stop_worker_in_thread(grace_period=1)
+
+
+def test_retries_from_options_and_finished_once(tmp_path: Path) -> None:
+    setting = dj_settings.tasks_setting(f"sqlite:///{tmp_path}/jobs.db")
+    setting["default"]["OPTIONS"]["retries"] = RetryPolicy(max_attempts=2, base_delay=0)
+    seen = Recorder()
+
+    def on_finished(sender: Any, task_result: TaskResult[Any], **_: Any) -> None:
+        seen((task_result.status, task_result.attempts))
+
+    task_finished.connect(on_finished)
+    with override_settings(TASKS=setting):
+        start_worker_in_thread()
+        try:
+            result = finished(dj_tasks.flaky.enqueue(str(tmp_path / "marker")))
+            assert result.status == TaskResultStatus.SUCCESSFUL
+            assert result.attempts == 2
+            assert result.return_value == "second time lucky"
+            assert seen.wait(1) == [(TaskResultStatus.SUCCESSFUL, 2)]
+        finally:
+            task_finished.disconnect(on_finished)
+            stop_worker_in_thread(grace_period=1)
+
+
+def test_cancelled_and_unstorable_results_are_failures(broker_url: str) -> None:
+    later = timezone.now() + timedelta(hours=1)
+    waiting = dj_tasks.add.using(run_after=later).enqueue(1, 2)
+    assert get_backend().app.job(waiting.id).cancel()
+    waiting.refresh()
+    assert waiting.status == TaskResultStatus.FAILED
+    assert waiting.errors[0].exception_class is JobCancelled
+    start_worker_in_thread()
+    result = finished(dj_tasks.returns_a_set.enqueue())
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class is TypeError

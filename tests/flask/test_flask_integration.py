@@ -263,3 +263,15 @@ def test_init_app_later_and_only_once(serve: Serve) -> None:
     assert app.extensions["afterwork"] is ext
     with pytest.raises(RuntimeError, match="already"):
         AfterworkFlask(app)
+
+
+def test_stopping_leaves_no_event_loop_open(
+    app: Flask, serve: Serve, memory_jobs: Afterwork
+) -> None:
+    ext = AfterworkFlask(app, memory_jobs)
+    ext.start()
+    assert memory_jobs._thread is not None
+    thread, loop = memory_jobs._thread
+    ext.stop(grace_period=1)
+    assert not thread.is_alive()
+    assert loop.is_closed()  # its selector and self-pipe are released, not left to the GC
