@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from services import require_service
 
 from afterwork import Afterwork, JobStatus, ManualClock, TaskConfigurationError
 from afterwork.brokers import Broker
@@ -33,6 +35,22 @@ async def anoop() -> None:
 
 
 def needs(value: int) -> None: ...
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test on every engine with periodic support; Redis with a key prefix of its own."""
+    if request.param == "memory":
+        yield "memory://"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/jobs.db"
+    else:
+        redis_url = f"redis://127.0.0.1:6379/15?prefix=s{uuid.uuid4().hex[:10]}"
+        require_service("Redis", redis_url)
+        yield redis_url
+        cleaner = Afterwork(redis_url)
+        await cleaner.broker.delete_all()  # type: ignore[attr-defined]
+        await cleaner.aclose()
 
 
 @pytest.fixture

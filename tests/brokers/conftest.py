@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 import pytest
 from redis_servers import RedisCluster
+from services import require_service, service_unavailable
 
-from afterwork.brokers import Broker, create_broker, redact
+from afterwork.brokers import Broker, create_broker
 from afterwork.clock import Clock, ManualClock
 from afterwork.errors import BrokerConnectionError, MissingDependency
 from afterwork.job import JobRecord, JobStatus
@@ -38,7 +37,6 @@ from afterwork.job import JobRecord, JobStatus
 #: so a test can tell the two TTLs apart).
 DEAD_LETTER_TTL = 5_000.0
 RESULT_TTL = 1_000.0
-REQUIRE_SERVICES_ENV = "AFTERWORK_REQUIRE_SERVICES"
 
 
 @dataclass(frozen=True)
@@ -78,32 +76,6 @@ BROKERS: dict[str, BrokerSpec] = {
         server="redis_cluster",
     ),
 }
-
-_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
-_DEFAULT_PORTS |= {"amqp": 5672, "amqps": 5671}
-
-
-def service_unavailable(engine: str, url: str, reason: object) -> NoReturn:
-    """Skip the test because ``engine`` cannot be used, or fail if services are required."""
-    message = f"{engine} is not available at {redact(url)}: {reason}"
-    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
-        pytest.fail(f"{message} ({REQUIRE_SERVICES_ENV}=1 requires it)", pytrace=False)
-    pytest.skip(message)
-
-
-def require_service(engine: str, url: str, timeout: float = 1.0) -> None:
-    """Make sure the server behind ``url`` accepts connections, else skip (or fail)."""
-    parts = urlsplit(url)
-    try:
-        if parts.scheme == "unix":
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(timeout)
-                sock.connect(parts.path)
-        elif parts.port or parts.scheme in _DEFAULT_PORTS:
-            address = (parts.hostname or "localhost", parts.port or _DEFAULT_PORTS[parts.scheme])
-            socket.create_connection(address, timeout=timeout).close()
-    except OSError as exc:
-        service_unavailable(engine, url, exc)
 
 
 class BrokerFactory(Protocol):
