@@ -67,6 +67,14 @@ def test_a_url_with_an_unknown_scheme_fails_when_the_app_is_made(
         Afterwork(url or None)
 
 
+@pytest.mark.parametrize(
+    ("url", "example"), [("sqlite:jobs.db", "sqlite:///jobs.db"), ("redis:host", "redis://")]
+)
+def test_a_url_missing_its_slashes_says_how_it_starts(url: str, example: str) -> None:
+    with pytest.raises(InvalidURL, match=f"starts with .*{example}"):
+        Afterwork(url)
+
+
 @pytest.mark.parametrize("size", [0, -1, 1.5, "1MB", True])
 def test_max_payload_size_must_be_a_positive_number_of_bytes(size: object) -> None:
     with pytest.raises(ConfigurationError, match="max_payload_size"):

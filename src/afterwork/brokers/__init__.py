@@ -35,6 +35,13 @@ def redact(url: str) -> str:
 def broker_class(url: str) -> type[Broker]:
     """The broker class for a URL; raise ``InvalidURL`` or ``MissingDependency`` at once."""
     scheme = urlsplit(url).scheme if "://" in url else ""
+    written = url.partition(":")[0]
+    if not scheme and written in _ENGINES:
+        example = "sqlite:///jobs.db" if written == "sqlite" else f"{written}://..."
+        raise InvalidURL(
+            f"cannot use broker URL {redact(url)!r}: a {written} URL starts with "
+            f"'{written}://', as in {example}"
+        )
     if scheme not in _ENGINES:
         known = ", ".join(f"{s}://" for s in ("sqlite", "memory", "redis", "postgresql", "amqp"))
         raise InvalidURL(
