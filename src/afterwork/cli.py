@@ -99,6 +99,62 @@ def _setup_logging(level: str) -> None:
     )
 
 
+_log_level_option = click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+
+# What a worker is started with: shared by `worker` and the unit `systemd` prints.
+_WORKER_OPTIONS = [
+    click.option(
+        "--queues",
+        "-q",
+        default=DEFAULT_QUEUE,
+        show_default=True,
+        help="Comma-separated queues, served in this order.",
+    ),
+    click.option(
+        "--concurrency",
+        "-c",
+        default=DEFAULT_CONCURRENCY,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Jobs run at once per process.",
+    ),
+    click.option(
+        "--processes",
+        "-p",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Worker processes, restarted if they die.",
+    ),
+    click.option(
+        "--grace-period",
+        default=DEFAULT_GRACE_PERIOD,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Seconds running jobs get to finish on SIGTERM.",
+    ),
+    click.option(
+        "--lease",
+        default=DEFAULT_LEASE,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds a claimed job stays a worker's unless renewed; "
+        "a killed worker's jobs run again this soon.",
+    ),
+]
+
+
+def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_WORKER_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="afterwork")
 def main() -> None:
@@ -110,45 +166,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@click.option(
-    "--queues",
-    "-q",
-    default=DEFAULT_QUEUE,
-    show_default=True,
-    help="Comma-separated queues, served in this order.",
-)
-@click.option(
-    "--concurrency",
-    "-c",
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Jobs run at once per process.",
-)
-@click.option(
-    "--processes",
-    "-p",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Worker processes, restarted if they die.",
-)
+@_worker_options
 @click.option("--burst", is_flag=True, help="Exit once nothing is ready or running.")
-@click.option(
-    "--grace-period",
-    default=DEFAULT_GRACE_PERIOD,
-    show_default=True,
-    type=float,
-    help="Seconds running jobs get to finish on SIGTERM.",
-)
-@click.option(
-    "--lease",
-    default=DEFAULT_LEASE,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a claimed job stays this worker's unless renewed; "
-    "a killed worker's jobs run again this soon.",
-)
 @click.option(
     "--heartbeat",
     default=None,
@@ -161,12 +180,7 @@ def main() -> None:
     is_flag=True,
     help="Do not fire periodic tasks from this worker (off in --burst too).",
 )
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@_log_level_option
 def worker(
     app_path: str,
     queues: str,
@@ -276,12 +290,7 @@ def _stop_on_signals(
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@_log_level_option
 def scheduler(app_path: str, log_level: str) -> None:
     """Fire the app's periodic tasks, without running jobs.
 
@@ -446,29 +455,7 @@ STOP_MARGIN = 15
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--queues", "-q", default=DEFAULT_QUEUE, show_default=True)
-@click.option(
-    "--concurrency",
-    "-c",
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    type=click.IntRange(min=1),
-)
-@click.option(
-    "--grace-period",
-    default=DEFAULT_GRACE_PERIOD,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds running jobs get to finish on stop; TimeoutStopSec allows for it.",
-)
-@click.option(
-    "--lease",
-    default=DEFAULT_LEASE,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a claimed job stays a worker's unless renewed.",
-)
+@_worker_options
 @click.option("--user", default=None, help="User the service runs as (default: you).")
 def systemd(
     app_path: str,
