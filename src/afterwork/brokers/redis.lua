@@ -271,48 +271,57 @@ end
 return lost
 
 -- name: settle
--- ARGV: base, id, worker, kind, now, has_result, result, error ('' for none),
---       retry_at, dead_letter_ttl, grace.
--- Applies one outcome if the worker still holds the job's lease; returns 1 if applied.
-local id, worker, kind, now_text = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local err, grace = ARGV[8], tonumber(ARGV[11])
-local job = job_key(id)
-local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested', 'result_ttl')
-if f[1] ~= 'running' or f[2] ~= worker then
-  return 0
-end
-local result_ttl = num(f[4], 86400)
-local again = kind == 'retry' or kind == 'requeue'
-if kind == 'succeeded' then
-  if ARGV[6] == '1' then
-    redis.call('HSET', job, 'result', ARGV[7])
+-- ARGV: base, now, dead_letter_ttl, grace, then seven per outcome: id, worker,
+--       kind, has_result, result, error ('' for none), retry_at.
+-- Applies each outcome whose worker still holds the job's lease; returns how many.
+local now_text, dead_letter_ttl, grace = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = tonumber(now_text)
+
+local function settle(id, worker, kind, has_result, result, err, retry_at)
+  local job = job_key(id)
+  local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested', 'result_ttl')
+  if f[1] ~= 'running' or f[2] ~= worker then
+    return 0
+  end
+  local result_ttl = num(f[4], 86400)
+  local again = kind == 'retry' or kind == 'requeue'
+  if kind == 'succeeded' then
+    if has_result == '1' then
+      redis.call('HSET', job, 'result', result)
+    else
+      redis.call('HDEL', job, 'result')
+    end
+    redis.call('HDEL', job, 'error')
+    finish(id, job, 'succeeded', now_text, result_ttl, grace)
+  elseif kind == 'failed' then
+    set_error(job, err)
+    finish(id, job, 'failed', now_text, dead_letter_ttl, grace)
+  elseif kind == 'cancelled' or (again and f[3] == '1') then
+    -- A retry or requeue of a job whose cancel was requested cancels it: it never runs again.
+    if err ~= '' then
+      redis.call('HSET', job, 'error', err)
+    end
+    finish(id, job, 'cancelled', now_text, result_ttl, grace)
+  elseif kind == 'retry' then
+    set_error(job, err)
+    redis.call('HSET', job, 'run_at', retry_at)
+    put_back(id, job, 'retrying', now)
+  elseif kind == 'requeue' then
+    -- The attempt did not happen as far as the job is concerned.
+    local attempts = num(redis.call('HGET', job, 'attempts'), 0)
+    redis.call('HSET', job, 'attempts', math.max(attempts - 1, 0))
+    put_back(id, job, 'queued', now)
   else
-    redis.call('HDEL', job, 'result')
+    return 0
   end
-  redis.call('HDEL', job, 'error')
-  finish(id, job, 'succeeded', now_text, result_ttl, grace)
-elseif kind == 'failed' then
-  set_error(job, err)
-  finish(id, job, 'failed', now_text, tonumber(ARGV[10]), grace)
-elseif kind == 'cancelled' or (again and f[3] == '1') then
-  -- A retry or requeue of a job whose cancel was requested cancels it: it never runs again.
-  if err ~= '' then
-    redis.call('HSET', job, 'error', err)
-  end
-  finish(id, job, 'cancelled', now_text, result_ttl, grace)
-elseif kind == 'retry' then
-  set_error(job, err)
-  redis.call('HSET', job, 'run_at', ARGV[9])
-  put_back(id, job, 'retrying', tonumber(now_text))
-elseif kind == 'requeue' then
-  -- The attempt did not happen as far as the job is concerned.
-  local attempts = num(redis.call('HGET', job, 'attempts'), 0)
-  redis.call('HSET', job, 'attempts', math.max(attempts - 1, 0))
-  put_back(id, job, 'queued', tonumber(now_text))
-else
-  return redis.error_reply('unknown outcome kind ' .. kind)
+  return 1
 end
-return 1
+
+local applied = 0
+for i = 5, #ARGV, 7 do
+  applied = applied + settle(unpack(ARGV, i, i + 6))
+end
+return applied
 
 -- name: recover
 -- ARGV: base, now, max.

@@ -389,7 +389,7 @@ class RedisBroker(Broker):
         now = repr(self.clock.now())
         with self._redis.errors("settling outcomes"):
             where = await self._locate([o.job_id for o in outcomes])
-            commands: list[tuple[Any, ...]] = []
+            by_queue: dict[str, list[Any]] = {}
             woken: dict[str, int] = {}
             for o in outcomes:
                 queue = where.get(o.job_id)
@@ -398,11 +398,14 @@ class RedisBroker(Broker):
                 error = "" if o.error is None else _error_encoder.encode(o.error)
                 retry_at = repr(o.retry_at) if o.retry_at is not None else now
                 has_result = "0" if o.result is None else "1"
-                result = o.result or b""
-                args = (o.job_id, o.worker, str(o.kind), now, has_result, result, error, retry_at)
-                commands.append(queue.script("settle", *args, self.dead_letter_ttl, EXPIRY_GRACE))
+                args = (o.job_id, o.worker, str(o.kind), has_result, o.result or b"", error)
+                by_queue.setdefault(queue.name, []).extend((*args, retry_at))
                 if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
                     woken[queue.name] = woken.get(queue.name, 0) + 1
+            ttls = (self.dead_letter_ttl, EXPIRY_GRACE)
+            commands = [
+                self._queue(q).script("settle", now, *ttls, *args) for q, args in by_queue.items()
+            ]
             await self._redis.pipeline(commands, self._wake(woken))
         for o in outcomes:
             self._handed_out.pop(o.job_id, None)

@@ -111,8 +111,50 @@ _FIELDS: dict[str, tuple[Callable[[bytes], Any], Any, bool]] = {
 _KNOWN = {name.encode() for name in (*_FIELDS, "id", "queue")}
 
 
+_STATUSES = {str(status).encode(): status for status in JobStatus}
+
+
+def _optional(raw: bytes | None, parse: Callable[[bytes], Any]) -> Any:
+    return None if raw is None else parse(raw)
+
+
 def decode_job(fields: dict[bytes, bytes], job_id: str, queue: str) -> tuple[JobRecord, str | None]:
     """The record a hash holds, and None; or the best record it allows and what is wrong."""
+    try:  # the common case, spelled out: several times faster than the loop below
+        if not fields.keys() <= _KNOWN:
+            raise ValueError("unknown fields")
+        get = fields.get
+        record = JobRecord(
+            id=job_id,
+            task=fields[b"task"].decode(),
+            queue=queue,
+            priority=int(fields[b"priority"]),
+            payload=fields[b"payload"],
+            status=_STATUSES[fields[b"status"]],
+            run_at=_float(fields[b"run_at"]),
+            enqueued_at=_float(fields[b"enqueued_at"]),
+            max_attempts=int(fields[b"max_attempts"]),
+            result_ttl=_float(fields[b"result_ttl"]),
+            timeout=_optional(get(b"timeout"), _float),
+            attempts=int(get(b"attempts", b"0")),
+            unique_key=_optional(get(b"unique_key"), _text),
+            started_at=_optional(get(b"started_at"), _float),
+            finished_at=_optional(get(b"finished_at"), _float),
+            worker=_optional(get(b"worker"), _text),
+            lease_until=_optional(get(b"lease_until"), _float),
+            cancel_requested=_bool(get(b"cancel_requested", b"0")),
+            result=get(b"result"),
+            error=_optional(get(b"error"), _error_decoder.decode),
+            expires_at=_optional(get(b"expires_at"), _float),
+        )
+        return record, None
+    except (KeyError, ValueError, UnicodeDecodeError, msgspec.DecodeError):
+        return _decode_leniently(fields, job_id, queue)
+
+
+def _decode_leniently(
+    fields: dict[bytes, bytes], job_id: str, queue: str
+) -> tuple[JobRecord, str | None]:
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name, (parse, default, required) in _FIELDS.items():
