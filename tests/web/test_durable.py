@@ -74,3 +74,28 @@ async def test_queued_jobs_survive_a_restart_of_the_web_process(tmp_path: Path) 
     async with serve(web_app(jobs, thumbnail, run_worker=True)):
         assert await jobs.job(job_id).aresult(timeout=5) == "dog.png@128px"
     await jobs.aclose()
+
+
+async def test_the_in_process_queue_and_a_durable_app_together(tmp_path: Path) -> None:
+    local = Afterwork("memory://")
+    jobs, thumbnail, _ = build(f"sqlite:///{tmp_path}/jobs.db")
+    views: list[int] = []
+
+    async def article(request: Request) -> Response:
+        local.enqueue(views.append, 42)  # any callable, in this process
+        job = await thumbnail.aenqueue("cover.png", 64)  # survives a restart
+        return JSONResponse({"job": job.id})
+
+    app = Starlette(
+        routes=[Route("/article", article)],
+        middleware=[Middleware(AfterworkMiddleware, jobs=[local, jobs], grace_period=5)],
+    )
+    async with serve(app) as server, server.client() as client:
+        assert local.running
+        assert jobs.running
+        job_id = (await client.get("/article")).json()["job"]
+        assert await jobs.job(job_id).aresult(timeout=5) == "cover.png@64px"
+    assert views == [42]  # drained at shutdown, at the latest
+    assert not local.running
+    assert not jobs.running
+    await jobs.aclose()

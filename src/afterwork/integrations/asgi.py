@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..background import (
@@ -45,34 +45,49 @@ class DetachedRunner:
     """Runs after-response work as asyncio tasks of their own; waits for them at shutdown."""
 
     def __init__(self) -> None:
-        self._tasks: dict[asyncio.Task[None], list[BackgroundTask]] = {}
+        #: What runs now, by the id of its list of tasks (alive while it is here).
+        self._running: dict[int, tuple[asyncio.Task[None], list[BackgroundTask]]] = {}
 
     def spawn(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None:
+        key = id(tasks)
+        loop = asyncio.get_running_loop()
         if len(tasks) == 1:  # the common case: one asyncio task, in the task's own context
-            task = owner.start(tasks[0])
+            only = tasks[0]
+            task = loop.create_task(self._run_one(owner, only, key), context=only.context.copy())
         else:
-            task = asyncio.get_running_loop().create_task(owner.run_all(tasks))
-        self._tasks[task] = tasks
-        task.add_done_callback(self._forget)
+            task = loop.create_task(self._run_all(owner, tasks, key))
+        self._running[key] = (task, tasks)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+    # Each removes itself when done: cheaper than a done callback, which costs
+    # the loop one more turn per request.
+    async def _run_one(self, owner: BackgroundTasks, task: BackgroundTask, key: int) -> None:
+        try:
+            await owner.run_one(task)
+        finally:
+            self._running.pop(key, None)
+
+    async def _run_all(self, owner: BackgroundTasks, tasks: list[BackgroundTask], key: int) -> None:
+        try:
+            await owner.run_all(tasks)
+        finally:
+            self._running.pop(key, None)
 
     @property
     def running(self) -> int:
-        return len(self._tasks)
+        return len(self._running)
 
     async def drain(self, timeout: float) -> int:
         """Wait for running work up to ``timeout``; cancel what is left and log it.
 
         Returns the number of asyncio tasks cancelled.
         """
-        if not self._tasks:
+        if not self._running:
             return 0
-        _, still = await asyncio.wait(set(self._tasks), timeout=max(timeout, 0.0))
+        running = dict(self._running)
+        _, still = await asyncio.wait([t for t, _ in running.values()], timeout=max(timeout, 0.0))
         if not still:
             return 0
-        names = sorted({t.name for task in still for t in self._tasks.get(task, ())})
+        names = sorted({t.name for task, tasks in running.values() if task in still for t in tasks})
         logger.warning(
             "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
             timeout,
@@ -88,7 +103,9 @@ class DetachedRunner:
 class AfterworkMiddleware:
     """After-response tasks for every request, and ``jobs`` started and stopped with the app.
 
-    ``grace_period`` bounds the wait at shutdown (after-response work and the
+    ``jobs`` is an :class:`Afterwork` app, or several (say the in-process queue
+    on ``memory://`` and a durable one on ``sqlite://``); each gets its
+    in-process worker. ``grace_period`` bounds the wait at shutdown (after-response work and the
     in-process queue together); ``concurrent`` runs one request's tasks at the
     same time; ``on_error(task, exc)`` sees each failed task after it is
     logged; ``worker_options`` go to ``jobs.start(...)`` (``concurrency=``,
@@ -99,14 +116,16 @@ class AfterworkMiddleware:
         self,
         app: ASGIApp,
         *,
-        jobs: Afterwork | None = None,
+        jobs: Afterwork | Sequence[Afterwork] | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         concurrent: bool = False,
         on_error: ErrorHandler | None = None,
         worker_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
-        self.jobs = jobs
+        if jobs is None:
+            jobs = ()
+        self.jobs: tuple[Afterwork, ...] = tuple(jobs) if isinstance(jobs, Sequence) else (jobs,)
         self.grace_period = grace_period
         self.concurrent = concurrent
         self.on_error = on_error
@@ -142,17 +161,24 @@ class AfterworkMiddleware:
     # -- lifespan -----------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start the in-process queue and the embedded worker, if ``jobs`` was given."""
-        if self.jobs is not None:
-            await self.jobs.start(**self.worker_options)
+        """Start each app's in-process queue and embedded worker."""
+        started: list[Afterwork] = []
+        try:
+            for jobs in self.jobs:
+                await jobs.start(**self.worker_options)
+                started.append(jobs)
+        except BaseException:
+            for jobs in started:
+                await jobs.stop(grace_period=0)
+            raise
 
     async def shutdown(self) -> None:
         """Wait for after-response work, then stop ``jobs``: ``grace_period`` in all."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.grace_period
         await self.runner.drain(self.grace_period)
-        if self.jobs is not None:
-            await self.jobs.stop(grace_period=max(deadline - loop.time(), 0.0))
+        remaining = max(deadline - loop.time(), 0.0)
+        await asyncio.gather(*(jobs.stop(grace_period=remaining) for jobs in self.jobs))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         spoke = False  # whether the app takes part in the lifespan protocol
