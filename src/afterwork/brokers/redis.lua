@@ -147,13 +147,13 @@ local function put_back(id, job, status, now)
   end
 end
 
--- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
+-- Store a new job. ARGV[i..i+7]: id, has_unique, unique_key, target ('ready' |
 -- 'scheduled' | 'retrying'), the job's text and number fields as one MessagePack
 -- array of name, value pairs (one argument packs and sends faster than forty),
--- then its binary fields (payload, result) as name, value arguments, since
--- Redis's cmsgpack has no binary type.
+-- payload, has_result, result: Redis's cmsgpack has no binary type.
 -- Returns {1} when stored, or {0, fields} of the job that stands instead: the one
 -- already stored under this id, or the active job holding the unique key.
+local STORE_ARGS = 8
 local function store(i)
   local id, has_unique, unique, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local job = job_key(id)
@@ -172,9 +172,9 @@ local function store(i)
     end
     redis.call('SET', key, id)
   end
-  redis.call('HSET', job, unpack(cmsgpack.unpack(ARGV[i + 4])))
-  if #ARGV > i + 4 then
-    redis.call('HSET', job, unpack(ARGV, i + 5))
+  redis.call('HSET', job, 'payload', ARGV[i + 5], unpack(cmsgpack.unpack(ARGV[i + 4])))
+  if ARGV[i + 6] == '1' then
+    redis.call('HSET', job, 'result', ARGV[i + 7])
   end
   if target == 'ready' then
     make_ready(id, job)
@@ -186,8 +186,12 @@ local function store(i)
 end
 
 -- name: enqueue
--- ARGV: base, then what store() takes.
-return store(2)
+-- ARGV: base, then what store() takes for each job. Returns store's reply for each.
+local replies = {}
+for i = 2, #ARGV, STORE_ARGS do
+  replies[#replies + 1] = store(i)
+end
+return replies
 
 -- name: claim_fire
 -- ARGV: base, schedule name, fire_at, has_job, then (with a job) what store() takes.

@@ -65,6 +65,8 @@ WAKE_TOKENS = 64
 #: At most this many due delayed jobs move to ready per claim, and this many
 #: finished jobs or lost leases are handled per queue per recover().
 BATCH_MAX = 1000
+#: A batch is stored (or settled) by one script call per queue and this many jobs.
+SCRIPT_CHUNK = 500
 #: Listings of scheduled, running or all jobs look at this many per queue and set.
 LIST_SCAN = 1000
 #: A finished job's hash expires this long after its TTL, in case no worker runs
@@ -96,8 +98,8 @@ def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
     else:
         target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
     unique = ("0", "") if job.unique_key is None else ("1", job.unique_key)
-    text, binary = encode_job(job)
-    return (job.id, *unique, target, _msgpack.encode(text), *binary)
+    result = ("0", b"") if job.result is None else ("1", job.result)
+    return (job.id, *unique, target, _msgpack.encode(encode_job(job)), job.payload, *result)
 
 
 class _Queue:
@@ -183,15 +185,32 @@ class RedisBroker(Broker):
         if not jobs:
             return []
         now = self.clock.now()
-        commands: list[tuple[Any, ...]] = []
-        for job in jobs:
-            commands.append(self._queue(job.queue).script("enqueue", *_store_args(job, now)))
-            commands.append(("SET", self._where(job.id), job.queue, "NX"))
+        by_queue: dict[str, list[int]] = {}
+        for n, job in enumerate(jobs):
+            by_queue.setdefault(job.queue, []).append(n)
+        # One script call per queue and chunk, so no call keeps Redis busy for long.
+        chunks = [
+            ns[i : i + SCRIPT_CHUNK]
+            for ns in by_queue.values()
+            for i in range(0, len(ns), SCRIPT_CHUNK)
+        ]
+        commands = [
+            self._queue(jobs[ns[0]].queue).script(
+                "enqueue", *(a for n in ns for a in _store_args(jobs[n], now))
+            )
+            for ns in chunks
+        ]
+        # The per-job index lives in other slots than the queue: written beside the script.
+        commands += [("SET", self._where(job.id), job.queue, "NX") for job in jobs]
         then, queues = self._announce(jobs)
         with self._redis.errors("enqueueing jobs"):
             replies = await self._redis.pipeline(commands, then)
             self._registered_now(queues)
-            return await self._stored(jobs, replies)
+            stored: list[Any] = [None] * len(jobs)
+            for ns, per_job in zip(chunks, replies[: len(chunks)], strict=True):
+                for n, reply in zip(ns, per_job, strict=True):
+                    stored[n] = reply
+            return await self._stored(jobs, stored, replies[len(chunks) :])
 
     def _announce(self, jobs: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         """Commands that wake workers for new jobs and add their queues to the registry,
@@ -238,7 +257,7 @@ class RedisBroker(Broker):
             self._registered_now(queues)
             won = bool(replies[0][0] == 1)
             if job is not None and won:
-                await self._stored([job], [replies[0][1], replies[1]])
+                await self._stored([job], [replies[0][1]], [replies[1]])
             elif job is not None and replies[1]:  # lost the race: its index entry must go
                 await self._redis.pipeline([("DEL", self._where(job.id))])
         return won
@@ -264,14 +283,17 @@ class RedisBroker(Broker):
                 )
         return states
 
-    async def _stored(self, jobs: Sequence[JobRecord], replies: list[Any]) -> list[JobRecord]:
-        """What enqueue stored for each job, mending the per-job index where it must."""
+    async def _stored(
+        self, jobs: Sequence[JobRecord], replies: Sequence[Any], indexed: Sequence[Any]
+    ) -> list[JobRecord]:
+        """What enqueue stored for each job (from store()'s replies and whether its
+        index entry was written), mending the per-job index where it must."""
         stored: list[JobRecord] = []
         orphans: list[tuple[Any, ...]] = []
-        for job, reply, indexed in zip(jobs, replies[::2], replies[1::2], strict=True):
+        for job, reply, new_index in zip(jobs, replies, indexed, strict=True):
             queue = self._queue(job.queue)
             if reply[0] == 1:
-                if not indexed and (await self._locate([job.id])).get(job.id) is not queue:
+                if not new_index and (await self._locate([job.id])).get(job.id) is not queue:
                     # This id is already a job in another queue: that one stands.
                     await self._redis.pipeline([queue.script("discard", job.id)])
                     twin = await self.get(job.id)
@@ -281,7 +303,7 @@ class RedisBroker(Broker):
                 continue
             twin = self._decode(queue, reply[1])
             assert twin is not None
-            if indexed and twin.id != job.id:  # not stored: its index entry must go
+            if new_index and twin.id != job.id:  # not stored: its index entry must go
                 orphans.append(("DEL", self._where(job.id)))
             stored.append(twin)
         await self._redis.pipeline(orphans)
@@ -403,8 +425,11 @@ class RedisBroker(Broker):
                 if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
                     woken[queue.name] = woken.get(queue.name, 0) + 1
             ttls = (self.dead_letter_ttl, EXPIRY_GRACE)
+            step = 7 * SCRIPT_CHUNK  # seven arguments an outcome
             commands = [
-                self._queue(q).script("settle", now, *ttls, *args) for q, args in by_queue.items()
+                self._queue(q).script("settle", now, *ttls, *args[i : i + step])
+                for q, args in by_queue.items()
+                for i in range(0, len(args), step)
             ]
             await self._redis.pipeline(commands, self._wake(woken))
         for o in outcomes:

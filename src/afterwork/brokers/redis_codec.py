@@ -24,10 +24,10 @@ _error_encoder = msgspec.json.Encoder()
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 
 
-def encode_job(job: JobRecord) -> tuple[list[Any], list[Any]]:
-    """The record as hash field, value pairs (flat), without the fields that are None:
-    the text and number fields, and apart from them the binary ones (payload, result)."""
-    text: list[Any] = [
+def encode_job(job: JobRecord) -> list[Any]:
+    """The record's text and number fields as hash field, value pairs (flat), without
+    those that are None; the binary ones (payload, result) are sent apart."""
+    fields: list[Any] = [
         "id", job.id, "task", job.task, "queue", job.queue, "priority", job.priority,
         "status", str(job.status), "run_at", repr(job.run_at),
         "enqueued_at", repr(job.enqueued_at), "max_attempts", job.max_attempts,
@@ -42,18 +42,15 @@ def encode_job(job: JobRecord) -> tuple[list[Any], list[Any]]:
     )
     for name, value in optional:
         if value is not None:
-            text += [name, repr(value)]
+            fields += [name, repr(value)]
     for name, label in (("unique_key", job.unique_key), ("worker", job.worker)):
         if label is not None:
-            text += [name, label]
+            fields += [name, label]
     if job.cancel_requested:
-        text += ["cancel_requested", "1"]
+        fields += ["cancel_requested", "1"]
     if job.error is not None:
-        text += ["error", _error_encoder.encode(job.error).decode()]
-    binary: list[Any] = ["payload", job.payload]
-    if job.result is not None:
-        binary += ["result", job.result]
-    return text, binary
+        fields += ["error", _error_encoder.encode(job.error).decode()]
+    return fields
 
 
 def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
