@@ -53,7 +53,8 @@ async def serve(app: Any, **options: Any) -> AsyncIterator[Served]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", **options)
+    options = {"lifespan": "on", "log_level": "warning", **options}
+    config = uvicorn.Config(app, **options)
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)

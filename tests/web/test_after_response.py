@@ -231,3 +231,22 @@ async def test_outside_a_request_after_response_points_to_enqueue(events: Any) -
         await client.get("/")
         await within(events["done"].wait())
     assert len(errors) == 1
+
+
+async def test_without_lifespan_the_work_runs_in_the_request(events: Any) -> None:
+    """Nothing would wait for detached work at shutdown, so it runs as Starlette's does."""
+    finished: list[str] = []
+
+    async def send_receipt() -> None:
+        await events["release"].wait()
+        finished.append("receipt")
+
+    async def endpoint(request: Request) -> Response:
+        after_response(send_receipt)
+        return PlainTextResponse("ok")
+
+    app = starlette_app(Route("/", endpoint))
+    async with serve(app, lifespan="off") as server, server.client() as client:
+        assert (await client.get("/")).text == "ok"  # sent before the task ends
+        events["release"].set()
+    assert finished == ["receipt"]  # uvicorn waited for the request to finish

@@ -4,8 +4,8 @@ Wrap Starlette, FastAPI, Litestar or a plain ASGI callable. Per request it
 provides ``request.state.background`` (a :class:`BackgroundTasks`) and makes
 :func:`after_response` work anywhere in the request's code. The collected
 tasks start once the app has finished with the request (the response is
-sent), as asyncio tasks of their own: a client that disconnects cannot cancel
-them. On lifespan startup (after the app's own startup) it starts the
+sent), as asyncio tasks of their own while the lifespan runs: a client that
+disconnects cannot cancel them. On lifespan startup (after the app's own startup) it starts the
 :class:`Afterwork` app's in-process queue and embedded worker, if one is
 given; on shutdown it waits for running after-response work and queued jobs
 for up to ``grace_period`` seconds in all, then stops the worker, and only
@@ -131,6 +131,11 @@ class AfterworkMiddleware:
         self.on_error = on_error
         self.worker_options = dict(worker_options or {})
         self.runner = DetachedRunner()
+        #: Between lifespan startup and shutdown. Only then is after-response work
+        #: detached: outside it nothing would wait for the work at shutdown (a
+        #: server run without lifespan, a test client used without ``with``), so
+        #: it runs in the request once the app is done, as Starlette's does.
+        self.live = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -147,8 +152,9 @@ class AfterworkMiddleware:
         if state is None:
             state = scope["state"] = {}
         state["background"] = tasks
+        live = self.live
         tasks_token = _current_tasks.set(tasks)
-        runner_token = _current_runner.set(self.runner)
+        runner_token = _current_runner.set(self.runner if live else None)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -156,7 +162,10 @@ class AfterworkMiddleware:
             _current_runner.reset(runner_token)
             collected = tasks.seal()
             if collected:
-                self.runner.spawn(tasks, collected)
+                if live:
+                    self.runner.spawn(tasks, collected)
+                else:
+                    await tasks.run_all(collected)
 
     # -- lifespan -----------------------------------------------------------------------
 
@@ -171,9 +180,11 @@ class AfterworkMiddleware:
             for jobs in started:
                 await jobs.stop(grace_period=0)
             raise
+        self.live = True
 
     async def shutdown(self) -> None:
         """Wait for after-response work, then stop ``jobs``: ``grace_period`` in all."""
+        self.live = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.grace_period
         await self.runner.drain(self.grace_period)
