@@ -33,9 +33,11 @@
 -- in the same pipeline as the script calls):
 --
 --   {P}:queues          set     every queue name used, for the read side and recover()
---   {P}:wake:<Q>        list    wake-up tokens, trimmed short: enqueue, retry and
---                               requeue push one; an idle worker BLPOPs the lists
---                               of the queues it serves (one slot, so one command)
+--   {P}:wake:<Q>        list    wake-up tokens, trimmed to 64: whatever makes a job
+--                               ready or due later (enqueue, retry, requeue, a lost
+--                               lease, a retried dead letter) pushes one; an idle
+--                               worker BLPOPs the lists of the queues it serves
+--                               (one slot, so one command even on a cluster)
 --   {P}:schedules       hash    schedule name -> the queue whose slot holds its state
 --   {P}:workers         zset    worker id -> last_seen
 --   {P}:worker:<id>     string  the worker's WorkerInfo as JSON, expiring
@@ -44,7 +46,7 @@
 --
 -- Calling convention: KEYS are the per-queue sets in the order listed (ready,
 -- scheduled, retrying, running, succeeded, cancelled, failed, expiry), as many as
--- the script uses (enqueue the first three, claim and extend four), and
+-- the script uses (enqueue, claim_fire, discard three; claim, extend four), and
 -- ARGV[1] is "{P:Q}:", from which per-job key names are built; those share the
 -- queue's hash tag, so they are in the same slot as the declared keys.
 --
@@ -75,8 +77,8 @@ local function job_key(id)
   return BASE .. 'job:' .. id
 end
 
--- The ready score: priority first (high first), then run time. Kept below 2^53,
--- so it is exact: 200 * 1e13 plus milliseconds until the year 2286.
+-- The ready score: priority first (high first), then run time. It stays below
+-- 2^53, so whole milliseconds are exact: 200 * 1e13 plus ms until the year 2286.
 local function make_ready(id, job)
   local f = redis.call('HMGET', job, 'priority', 'run_at')
   redis.call('ZADD', READY, (100 - num(f[1], 0)) * 1e13 + num(f[2], 0) * 1000, id)
@@ -134,7 +136,7 @@ local function finish(id, job, status, now_text, ttl, grace, waiting)
   notify_waiters(id)
 end
 
--- Put a job back in line (not counting as finished): ready now, or in `set` until `run_at`.
+-- Put a job back in line: ready, or (if its run_at is still ahead) scheduled or retrying.
 local function put_back(id, job, status, now)
   redis.call('HSET', job, 'status', status)
   redis.call('HDEL', job, 'worker', 'lease_until')
