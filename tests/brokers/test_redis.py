@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from conftest import require_service, service_unavailable
@@ -333,6 +334,32 @@ async def test_finished_jobs_get_a_redis_expiry_in_case_recover_never_runs(
 
     assert 60 < done_ttl <= 60 + 60  # the job's result TTL plus a grace
     assert waiting_ttl == -1
+
+
+async def test_delayed_and_retrying_jobs_wait_in_redis_for_any_broker_to_claim(
+    open_broker: OpenBroker,
+):
+    clock = ManualClock()
+    producer = await open_broker(clock=clock)
+    later = msgspec.structs.replace(job("later", clock), run_at=clock.now() + 60)
+    await producer.enqueue([job("retried", clock), later])
+    await producer.reserve(["default"], 10, worker="w1", lease=30)
+    retry_at = clock.now() + 30
+    await producer.settle(
+        [Outcome(job_id="retried", worker="w1", kind=OutcomeKind.RETRY, retry_at=retry_at)]
+    )
+    await producer.close()  # nothing about the waiting jobs is kept in this process
+
+    consumer = await open_broker(clock=clock)
+    assert await consumer.reserve(["default"], 10, worker="w2", lease=30) == []
+    clock.advance(30)
+    assert [j.id for j in await consumer.reserve(["default"], 10, worker="w2", lease=30)] == [
+        "retried"
+    ]
+    clock.advance(30)
+    assert [j.id for j in await consumer.reserve(["default"], 10, worker="w2", lease=30)] == [
+        "later"
+    ]
 
 
 # -- round trips and waking -------------------------------------------------------------
