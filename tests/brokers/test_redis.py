@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from conftest import require_service, service_unavailable
+from services import require_service, service_unavailable
 from redis.cluster import key_slot
 from redis_servers import REDIS_SERVER, RedisServer, free_port
 
