@@ -21,9 +21,9 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from services import require_service, service_unavailable
 from redis.cluster import key_slot
 from redis_servers import REDIS_SERVER, RedisServer, free_port
+from services import require_service, service_unavailable
 
 from afterwork import Afterwork
 from afterwork.brokers import Outcome, OutcomeKind, create_broker
