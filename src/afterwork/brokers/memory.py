@@ -78,8 +78,7 @@ class MemoryBroker(Broker):
     def _finish(self, job: JobRecord, status: JobStatus, now: float, ttl: float) -> None:
         job.status = status
         job.finished_at = now
-        job.worker = None
-        job.lease_until = None
+        job.lease_until = None  # the worker stays: it ran the last attempt
         job.expires_at = now + ttl
         self._running.discard(job.id)
         self._entry.pop(job.id, None)

@@ -126,7 +126,7 @@ local function finish(id, job, status, now_text, ttl, grace, waiting)
     redis.call('ZREM', SCHEDULED, id)
     redis.call('ZREM', RETRYING, id)
   else
-    redis.call('HDEL', job, 'worker', 'lease_until')
+    redis.call('HDEL', job, 'lease_until')  -- the worker stays: it ran the last attempt
     redis.call('ZREM', RUNNING, id)
   end
   redis.call('ZADD', FINISHED[status], now_text, id)

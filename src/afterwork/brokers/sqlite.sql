@@ -1,4 +1,5 @@
--- afterwork's SQLite schema and queries. One table holds every job; partial
+-- afterwork's SQLite schema and queries. A finished job keeps the worker that
+-- ran its last attempt; a job back in line has none. One table holds every job; partial
 -- indexes keep the claim query and the unique-key check fast however many
 -- finished jobs wait for expiry. Times are REAL seconds since the epoch.
 -- Job ids start with the time, so the id index grows at its end; stats and
@@ -92,19 +93,19 @@ WHERE id = :id AND status = 'running' AND worker = :worker AND cancel_requested 
 -- name: settle_succeeded
 UPDATE afterwork_jobs
 SET status = 'succeeded', result = :result, error = NULL, finished_at = :now,
-    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL
+    expires_at = :now + result_ttl, lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: settle_failed
 UPDATE afterwork_jobs
 SET status = 'failed', error = :error, finished_at = :now, expires_at = :now + :dead_letter_ttl,
-    worker = NULL, lease_until = NULL
+    lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: settle_cancelled
 UPDATE afterwork_jobs
 SET status = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
-    worker = NULL, lease_until = NULL
+    lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: settle_retry
@@ -116,7 +117,7 @@ WHERE id = :id AND status = 'running' AND worker = :worker
 -- A retry or requeue of a job whose cancel was requested cancels it instead.
 UPDATE afterwork_jobs
 SET status = 'cancelled', error = coalesce(:error, error), finished_at = :now,
-    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL
+    expires_at = :now + result_ttl, lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker AND cancel_requested = 1
 
 -- name: settle_requeue
@@ -135,13 +136,13 @@ WHERE id = :id AND status = 'running' AND lease_until <= :now
 -- name: lease_lost_fail
 UPDATE afterwork_jobs
 SET status = 'failed', error = :error, finished_at = :now, expires_at = :now + :dead_letter_ttl,
-    worker = NULL, lease_until = NULL
+    lease_until = NULL
 WHERE id = :id AND status = 'running' AND lease_until <= :now
 
 -- name: lease_lost_cancel
 UPDATE afterwork_jobs
 SET status = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
-    worker = NULL, lease_until = NULL
+    lease_until = NULL
 WHERE id = :id AND status = 'running' AND lease_until <= :now
 
 -- name: delete_expired
