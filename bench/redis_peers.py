@@ -153,6 +153,12 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
 
 
+def redis_cpu(client: redis.Redis) -> float:
+    """Seconds of CPU the server has used (user and system)."""
+    cpu: dict[str, Any] = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def commands_between(before: dict[str, int], after: dict[str, int]) -> int:
     return sum(n - before.get(k, 0) for k, n in after.items() if k not in OURS)
 
@@ -258,17 +264,19 @@ class Bench:
                 best = result
         return best
 
-    def drain(self, counts: str | None = None) -> dict[str, Any]:
+    def drain(self, counts: str | None = None, concurrency: int | None = None) -> dict[str, Any]:
         jobs = self.args.jobs
         before = self.fresh()
         self.producer("fill", "--jobs", str(jobs), "--limit", str(self.args.limit))
-        filled = command_calls(self.client)
+        filled, filled_cpu = command_calls(self.client), redis_cpu(self.client)
         del before
         done_file = self.tmp / f"{self.name}-done.json"
         done_file.unlink(missing_ok=True)
         env = {"BENCH_JOBS": str(jobs), "BENCH_DONE": str(done_file)}
         if counts:
             env["BENCH_COUNTS"] = counts
+        if concurrency:
+            env["BENCH_CONCURRENCY"] = str(concurrency)
         with self.worker("drain", **env) as proc:
             deadline = time.monotonic() + self.args.limit * 2
             while not done_file.exists():
@@ -281,10 +289,12 @@ class Bench:
                 time.sleep(0.005)
             done = json.loads(done_file.read_text())
             peak = peak_rss(done["pid"])
-        after = command_calls(self.client)
+        after, after_cpu = command_calls(self.client), redis_cpu(self.client)
         return {
             "rate": jobs / (done["last"] - done["first"]),
             "seconds": done["last"] - done["first"],
+            "worker_cpu": done["cpu"] / jobs,
+            "redis_cpu": (after_cpu - filled_cpu) / jobs,
             "commands": commands_between(filled, after),
             "jobs": jobs,
             "peak_rss_mib": peak,
@@ -328,6 +338,8 @@ def run_library(name: str, url: str, client: redis.Redis, args: Any) -> Row:
         row.results["latency"] = bench.latency()
         if name == "afterwork":
             row.results["round_trips"] = afterwork_round_trips(bench)
+            log("afterwork: drain with concurrency 100")
+            row.results["drain_100"] = bench.drain(concurrency=100)
     except Unavailable as exc:
         row.notes.append(str(exc))
         log(f"{name}: {exc}")
@@ -390,6 +402,8 @@ def table(rows: list[Row], jobs: int) -> list[str]:
         "start p50",
         "start p99",
         "cmds/job",
+        "CPU/job: worker",
+        "Redis",
         "worker peak RSS",
     )
     lines: list[tuple[str, ...]] = []
@@ -407,6 +421,8 @@ def table(rows: list[Row], jobs: int) -> list[str]:
             ms(lat.get("p50")),
             ms(lat.get("p99")),
             f"{drain['commands'] / drain['jobs']:.1f}" if drain else "-",
+            f"{drain['worker_cpu'] * 1e6:.0f} us" if drain else "-",
+            f"{drain['redis_cpu'] * 1e6:.0f} us" if drain else "-",
             f"{drain['peak_rss_mib']:.1f} MiB" if drain and drain["peak_rss_mib"] else "-",
         )
         lines.append(cells)
@@ -446,6 +462,13 @@ def targets(rows: list[Row]) -> list[str]:
     out = ["afterwork against its targets:"]
     for label, value, met in checks:
         out.append(f"  {label.ljust(width)}  {value:>10}  {'met' if met else 'NOT met'}")
+    wide = r.get("drain_100")
+    if wide:
+        out.append(
+            f"  (drain with concurrency 100, so claims and settles of up to 100 jobs: "
+            f"{wide['rate']:,.0f}/s; CPU per job {wide['worker_cpu'] * 1e6:.0f} us in the "
+            f"worker, {wide['redis_cpu'] * 1e6:.0f} us in Redis)"
+        )
     trips = r.get("round_trips")
     if trips:
         out += [
@@ -508,12 +531,14 @@ def main() -> None:
     unknown = [n for n in names if n not in PEERS]
     if unknown:
         parser.error(f"unknown libraries {unknown}; known: {', '.join(PEERS)}")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         with redis_server(args.redis_server, tmp) as (url, client):
             about = machine(client)
             rows = [run_library(name, url, client, args) for name in names]
-    print(f"afterwork and its peers on Redis: {about}")
+    load = f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    print(f"afterwork and its peers on Redis: {about}; {load}")
     print(
         f"best of {args.runs} runs; drain of {args.jobs:,} no-op jobs by one worker process, "
         f"concurrency {args.concurrency}; start latency over {args.samples} single jobs\n"
@@ -533,7 +558,11 @@ def main() -> None:
         )
     )
     if args.json:
-        data = {"machine": about, "args": {k: v for k, v in vars(args).items() if k != "tmp"}}
+        data = {
+            "machine": about,
+            "load": load,
+            "args": {k: v for k, v in vars(args).items() if k != "tmp"},
+        }
         data["rows"] = [vars(row) for row in rows]
         Path(args.json).write_text(json.dumps(data, indent=2))
 

@@ -7,7 +7,8 @@ The worker side is told what to do by the environment:
 
 * ``BENCH_MODE=drain``: the task counts its calls; the call that reaches
   ``BENCH_JOBS`` writes ``BENCH_DONE`` (a JSON file) with the monotonic times of
-  the first and the last call and the worker's pid.
+  the first and the last call, the CPU time the worker process used between
+  them (all its threads) and its pid.
 * ``BENCH_MODE=latency``: the task reads the wall clock as it starts and pushes
   ``"<i> <time>"`` to the Redis list :data:`STARTED` for the producer to read.
 """
@@ -82,13 +83,14 @@ _TARGET = int(os.environ.get("BENCH_JOBS", "0"))
 _DONE = os.environ.get("BENCH_DONE", "")
 _count = itertools.count(1)  # next() on it is atomic, so threaded workers count right
 _first = 0.0
+_first_cpu = 0.0
 _pusher: MiniRedis | None = None
 _pusher_lock = threading.Lock()
 
 
 def record(i: int) -> None:
     """Called by every library's no-op task with its argument."""
-    global _first, _pusher
+    global _first, _first_cpu, _pusher
     if MODE == "latency":
         started = time.time()
         if _pusher is None:
@@ -100,10 +102,11 @@ def record(i: int) -> None:
     now = time.perf_counter()
     n = next(_count)
     if n == 1:
-        _first = now
+        _first, _first_cpu = now, time.process_time()
     if n == _TARGET and _DONE:
         tmp = f"{_DONE}.tmp"
-        data = {"first": _first, "last": time.perf_counter(), "pid": os.getpid(), "jobs": n}
+        last, cpu = time.perf_counter(), time.process_time() - _first_cpu
+        data = {"first": _first, "last": last, "cpu": cpu, "pid": os.getpid(), "jobs": n}
         Path(tmp).write_text(json.dumps(data))
         os.replace(tmp, _DONE)
 
