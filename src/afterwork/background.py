@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from inspect import CO_COROUTINE
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 from .errors import OutsideRequest
 
@@ -40,14 +40,13 @@ ErrorHandler = Callable[["BackgroundTask", BaseException], Awaitable[None] | Non
 class Runner(Protocol):
     """Where detached after-response work goes (the middleware provides one)."""
 
-    def spawn(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None: ...
+    def spawn(
+        self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
+    ) -> None: ...
 
 
 _current_tasks: contextvars.ContextVar[BackgroundTasks | None] = contextvars.ContextVar(
     "afterwork_background_tasks", default=None
-)
-_current_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
-    "afterwork_background_runner", default=None
 )
 
 
@@ -84,10 +83,10 @@ class BackgroundTask(_Accepted):
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         if not callable(func):
             raise TypeError(f"a background task must be callable; got {func!r}")
-        # (cast only because type checkers see Starlette's class as the base)
-        self.func: Callable[..., Any] = cast(Any, func)
-        self.args = cast(Any, args)
-        self.kwargs = cast(Any, kwargs)
+        # (ignores only because type checkers see Starlette's class as the base)
+        self.func: Callable[..., Any] = func
+        self.args: tuple[Any, ...] = args  # type: ignore[assignment]
+        self.kwargs: dict[str, Any] = kwargs  # type: ignore[assignment]
         self.is_async = _is_async(func)
         #: The context variables it runs with: those of the code that created it.
         self.context = contextvars.copy_context()
@@ -124,7 +123,7 @@ class BackgroundTasks(_Accepted):
     is logged.
     """
 
-    __slots__ = ("_sealed", "concurrent", "on_error", "tasks")
+    __slots__ = ("_sealed", "concurrent", "on_error", "runner", "tasks")
 
     def __init__(
         self,
@@ -137,6 +136,8 @@ class BackgroundTasks(_Accepted):
         self.concurrent = concurrent
         self.on_error = on_error
         self._sealed = False  # set once the request that collected these is over
+        #: Where a request's collection sends work detached (the middleware's runner).
+        self.runner: Runner | None = None
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -180,18 +181,20 @@ class BackgroundTasks(_Accepted):
             else:
                 await task.run()
         except Exception as exc:
-            logger.exception(
-                "background task %s failed with %s: %s",
-                task.name,
-                type(exc).__name__,
-                exc,
-                extra={"task": task.name, "error_type": type(exc).__name__},
-            )
-            if self.on_error is not None:
-                await self._report(task, exc)
+            await self.failed(task, exc)
 
-    async def _report(self, task: BackgroundTask, exc: BaseException) -> None:
-        assert self.on_error is not None
+    async def failed(self, task: BackgroundTask, exc: Exception) -> None:
+        """Log a task's failure, then show it to ``on_error``."""
+        logger.exception(
+            "background task %s failed with %s: %s",
+            task.name,
+            type(exc).__name__,
+            exc,
+            extra={"task": task.name, "error_type": type(exc).__name__},
+            exc_info=exc,
+        )
+        if self.on_error is None:
+            return
         try:
             outcome = self.on_error(task, exc)
             if inspect.isawaitable(outcome):
@@ -205,7 +208,8 @@ class BackgroundTasks(_Accepted):
         Under the middleware the work is handed to it and this returns at
         once; elsewhere the tasks run before this returns, as in Starlette.
         """
-        runner = _current_runner.get()
+        request = _current_tasks.get()
+        runner = None if request is None else request.runner
         if runner is None:
             await self.run_all()
         elif self.tasks:

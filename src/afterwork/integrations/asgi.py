@@ -24,7 +24,6 @@ from ..background import (
     BackgroundTask,
     BackgroundTasks,
     ErrorHandler,
-    _current_runner,
     _current_tasks,
 )
 from ..defaults import DEFAULT_GRACE_PERIOD
@@ -48,21 +47,33 @@ class DetachedRunner:
         #: What runs now, by the id of its list of tasks (alive while it is here).
         self._running: dict[int, tuple[asyncio.Task[None], list[BackgroundTask]]] = {}
 
-    def spawn(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None:
+    def spawn(
+        self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
+    ) -> None:
+        """Start ``tasks`` detached. ``shared=False``: they were made for this run alone, so
+        they may change their own context instead of a copy (a response's ``background=``
+        may be one object used by every request)."""
         key = id(tasks)
         loop = asyncio.get_running_loop()
         if len(tasks) == 1:  # the common case: one asyncio task, in the task's own context
             only = tasks[0]
-            task = loop.create_task(self._run_one(owner, only, key), context=only.context.copy())
+            context = only.context.copy() if shared else only.context
+            task = loop.create_task(self._run_one(owner, only, key), context=context)
         else:
             task = loop.create_task(self._run_all(owner, tasks, key))
         self._running[key] = (task, tasks)
 
     # Each removes itself when done: cheaper than a done callback, which costs
-    # the loop one more turn per request.
+    # the loop one more turn per request. _run_one is BackgroundTasks.run_one
+    # inlined, as it runs once per request.
     async def _run_one(self, owner: BackgroundTasks, task: BackgroundTask, key: int) -> None:
         try:
-            await owner.run_one(task)
+            if task.is_async:
+                await task.func(*task.args, **task.kwargs)
+            else:
+                await task.run()
+        except Exception as exc:
+            await owner.failed(task, exc)
         finally:
             self._running.pop(key, None)
 
@@ -139,31 +150,30 @@ class AfterworkMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
-            await self._request(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        # Once per request, so kept lean: one collection, one context variable.
         tasks = BackgroundTasks(concurrent=self.concurrent, on_error=self.on_error)
+        live = self.live
+        if live:
+            tasks.runner = self.runner
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state["background"] = tasks
-        live = self.live
-        tasks_token = _current_tasks.set(tasks)
-        runner_token = _current_runner.set(self.runner if live else None)
+        token = _current_tasks.set(tasks)
         try:
             await self.app(scope, receive, send)
         finally:
-            _current_tasks.reset(tasks_token)
-            _current_runner.reset(runner_token)
+            _current_tasks.reset(token)
             collected = tasks.seal()
             if collected:
                 if live:
-                    self.runner.spawn(tasks, collected)
+                    self.runner.spawn(tasks, collected, shared=False)
                 else:
                     await tasks.run_all(collected)
 
