@@ -116,11 +116,11 @@ class AfterworkMiddleware:
 
     ``jobs`` is an :class:`Afterwork` app, or several (say the in-process queue
     on ``memory://`` and a durable one on ``sqlite://``); each gets its
-    in-process worker. ``grace_period`` bounds the wait at shutdown (after-response work and the
-    in-process queue together); ``concurrent`` runs one request's tasks at the
-    same time; ``on_error(task, exc)`` sees each failed task after it is
-    logged; ``worker_options`` go to ``jobs.start(...)`` (``concurrency=``,
-    ``queues=``, ...).
+    in-process worker. ``grace_period`` bounds the wait at shutdown
+    (after-response work and jobs together); ``concurrent`` runs one request's
+    tasks at the same time; ``on_error(task, exc)`` sees each failed task after
+    it is logged; ``worker_options`` go to ``jobs.start(...)``
+    (``concurrency=``, ``queues=``, ...).
     """
 
     def __init__(
