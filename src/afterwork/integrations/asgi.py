@@ -44,8 +44,8 @@ class DetachedRunner:
     """Runs after-response work as asyncio tasks of their own; waits for them at shutdown."""
 
     def __init__(self) -> None:
-        #: What runs now, by the id of its list of tasks (alive while it is here).
-        self._running: dict[int, tuple[asyncio.Task[None], list[BackgroundTask]]] = {}
+        #: What runs now, and the calls each asyncio task runs (for the shutdown log).
+        self._running: dict[asyncio.Task[None], list[BackgroundTask]] = {}
 
     def spawn(
         self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
@@ -53,20 +53,20 @@ class DetachedRunner:
         """Start ``tasks`` detached. ``shared=False``: they were made for this run alone, so
         they may change their own context instead of a copy (a response's ``background=``
         may be one object used by every request)."""
-        key = id(tasks)
-        loop = asyncio.get_running_loop()
         if len(tasks) == 1:  # the common case: one asyncio task, in the task's own context
             only = tasks[0]
-            context = only.context.copy() if shared else only.context
-            task = loop.create_task(self._run_one(owner, only, key), context=context)
+            task = asyncio.Task(
+                self._run_one(owner, only),
+                context=only.context.copy() if shared else only.context,
+            )
         else:
-            task = loop.create_task(self._run_all(owner, tasks, key))
-        self._running[key] = (task, tasks)
+            task = asyncio.Task(self._run_all(owner, tasks))
+        self._running[task] = tasks
 
     # Each removes itself when done: cheaper than a done callback, which costs
     # the loop one more turn per request. _run_one is BackgroundTasks.run_one
     # inlined, as it runs once per request.
-    async def _run_one(self, owner: BackgroundTasks, task: BackgroundTask, key: int) -> None:
+    async def _run_one(self, owner: BackgroundTasks, task: BackgroundTask) -> None:
         try:
             if task.is_async:
                 await task.func(*task.args, **task.kwargs)
@@ -75,13 +75,13 @@ class DetachedRunner:
         except Exception as exc:
             await owner.failed(task, exc)
         finally:
-            self._running.pop(key, None)
+            del self._running[asyncio.current_task()]  # type: ignore[arg-type]
 
-    async def _run_all(self, owner: BackgroundTasks, tasks: list[BackgroundTask], key: int) -> None:
+    async def _run_all(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None:
         try:
             await owner.run_all(tasks)
         finally:
-            self._running.pop(key, None)
+            del self._running[asyncio.current_task()]  # type: ignore[arg-type]
 
     @property
     def running(self) -> int:
@@ -95,10 +95,10 @@ class DetachedRunner:
         if not self._running:
             return 0
         running = dict(self._running)
-        _, still = await asyncio.wait([t for t, _ in running.values()], timeout=max(timeout, 0.0))
+        _, still = await asyncio.wait(running, timeout=max(timeout, 0.0))
         if not still:
             return 0
-        names = sorted({t.name for task, tasks in running.values() if task in still for t in tasks})
+        names = sorted({t.name for task in still for t in running[task]})
         logger.warning(
             "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
             timeout,
