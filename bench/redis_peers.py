@@ -473,21 +473,30 @@ def targets(rows: list[Row]) -> list[str]:
     if trips:
         out += [
             "",
-            "afterwork's Redis traffic per job (round trips / commands sent / run by Redis):",
+            "afterwork's Redis traffic per job: round trips, commands sent, commands Redis ran",
         ]
-        for phase in ("enqueue-one", "enqueue-batch"):
+        names = {"enqueue-one": "enqueue one by one", "enqueue-batch": "enqueue in batches"}
+        for phase, label in names.items():
             t = trips[phase]
             out.append(
-                f"  {phase:<14} {t['round_trips']:.3f} / {t['sent']:.2f} / {t['commands']:.1f}"
+                f"  {label:<34} {t['round_trips']:6.3f}  {t['sent']:6.2f}  {t['commands']:5.1f}"
             )
         drain_trips = trips["drain"]
-        for tag in ("claim", "wait", "settle", "upkeep", "other"):
+        labels = {
+            "claim": "drain: claim script",
+            "wait": "drain: waiting for work (BLPOP)",
+            "settle": "drain: settle script",
+            "upkeep": "drain: leases, registry, recovery",
+            "other": "drain: other",
+        }
+        for tag, label in labels.items():
             if tag in drain_trips:
                 t = drain_trips[tag]
-                out.append(f"  drain: {tag:<7} {t['round_trips']:.3f} / {t['sent']:.3f}")
+                out.append(f"  {label:<34} {t['round_trips']:6.3f}  {t['sent']:6.3f}")
+        total = sum(t["round_trips"] for k, t in drain_trips.items() if k in labels)
+        sent = sum(t["sent"] for k, t in drain_trips.items() if k in labels)
         out.append(
-            f"  drain, all commands run by Redis (scripts' own included): "
-            f"{drain_trips['commands']:.1f}"
+            f"  {'drain, all':<34} {total:6.3f}  {sent:6.3f}  {drain_trips['commands']:5.1f}"
         )
     return out
 
