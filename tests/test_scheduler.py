@@ -427,3 +427,24 @@ async def test_states_record_the_last_fire_and_its_job(app: Afterwork, clock: Ma
     assert state.last_fire == START + 3600
     assert job is not None
     assert job.status == JobStatus.QUEUED
+
+
+async def test_a_fire_the_broker_could_not_record_is_fired_on_the_next_tick(
+    app: Afterwork, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(every="1h", name="report")(noop)
+    scheduler, broker = await started(app)
+    real = broker.claim_fire
+    failures = [ConnectionError("the broker blinked")]
+
+    async def blinks(*args: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await real(*args)
+
+    monkeypatch.setattr(broker, "claim_fire", blinks)
+    clock.advance(3600)
+    with pytest.raises(ConnectionError):
+        await scheduler.tick(broker)
+    assert await scheduler.tick(broker) == ["report"]
+    assert (await broker.schedule_states())["report"].last_fire == START + 3600

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -697,3 +698,23 @@ async def test_a_running_worker_is_listed_by_the_broker_until_it_stops(app: Afte
     await stop_and_wait(worker, running)
     assert await app.broker.workers(alive_within=60) == []
     assert (worker.processed, worker.failed) == (1, 0)
+
+
+async def test_a_job_that_fails_outside_its_task_goes_to_the_dead_letter_queue_with_that_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    jobs = Afterwork(f"sqlite:///{tmp_path}/jobs.db")
+    task = jobs.task(name="outside")(sync_job)
+    broken = await task.aenqueue("x")
+
+    def resolver_breaks(name: str) -> Any:
+        raise RuntimeError("the resolver broke")
+
+    monkeypatch.setattr(jobs, "resolve_task", resolver_breaks)
+    await asyncio.wait_for(jobs.worker(burst=True).run(), 5)
+
+    record = await broken.ainfo()
+    assert record.status == JobStatus.FAILED
+    assert record.error is not None
+    assert (record.error.type, record.error.message) == ("RuntimeError", "the resolver broke")
+    await jobs.aclose()

@@ -275,7 +275,7 @@ class Afterwork:
             target: Any = importlib.import_module(module)
             for part in qualname.split("."):
                 target = getattr(target, part)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # importing runs the module's code: anything can fail
             raise UnknownTask(f"cannot import ad hoc job function {name!r}: {exc}") from exc
         # The name must be where the function is defined, not a path through the
         # package's imports ("app.views:os.system" would reach any imported code).

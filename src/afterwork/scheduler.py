@@ -118,9 +118,10 @@ class Scheduler:
                     extra={"task": periodic.name},
                 )
                 fire_at = latest
-            self._next[periodic.name] = periodic.schedule.next_after(max(fire_at, now))
             if await self._fire(broker, periodic, fire_at, states.get(periodic.name)):
                 fired.append(periodic.name)
+            # Only once the fire is settled (a broker error above leaves it due).
+            self._next[periodic.name] = periodic.schedule.next_after(max(fire_at, now))
         return fired
 
     async def _fire(

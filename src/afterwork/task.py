@@ -130,7 +130,7 @@ class Task(Generic[P, R]):
         self.retry = retry
         self.timeout = timeout
         self.result_ttl = result_ttl
-        self.is_async = inspect.iscoroutinefunction(func)
+        self.is_async = inspect.iscoroutinefunction(inspect.unwrap(func))
         self.run_at: float | None = None
         self.delay: float | None = None
         self.unique_key: str | None = None

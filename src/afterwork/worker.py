@@ -53,8 +53,15 @@ def error_info(exc: BaseException) -> ErrorInfo:
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
-    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    return ErrorInfo(name, str(exc), text)
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ fails must still be recorded
+        message = f"<{kind.__qualname__} whose message cannot be shown>"
+    try:
+        text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    except Exception:
+        text = ""
+    return ErrorInfo(name, message, text)
 
 
 class Worker:
@@ -252,6 +259,10 @@ class Worker:
                 self._put_back(jobs)
                 return
             for job in jobs:
+                if job.id in self._running:
+                    # Our own lease ran out (a stalled loop) and we claimed the job
+                    # again: the run in progress carries on under the new lease.
+                    continue
                 task = asyncio.create_task(self._execute(job))
                 self._running[job.id] = (job, task)
             if not jobs and self.burst:
@@ -273,6 +284,11 @@ class Worker:
     async def _execute(self, job: JobRecord) -> None:
         try:
             await self._attempt(job)
+        except Exception as exc:
+            # Whatever fails around the task (a hook, resolving it, computing a
+            # retry) settles the job here; unsettled, it would be blamed on a crash.
+            logger.exception("afterwork failed handling job %s", job.id, extra={"job_id": job.id})
+            self._dead_letter(job, error_info(exc))
         finally:
             del self._running[job.id]
             self._cancel_reason.pop(job.id, None)

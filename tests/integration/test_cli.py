@@ -139,7 +139,8 @@ def test_jobs_lists_failed_jobs_and_job_shows_the_error_and_its_traceback(
     assert "error         ValueError: boom" in shown
     assert "Traceback (most recent call last):" in shown
     assert "raise ValueError(message)" in shown
-    assert row(shown, "worker") == ["worker", "-"]  # empty fields read "-", not "None"
+    assert row(shown, "unique_key") == ["unique_key", "-"]  # empty fields read "-", not "None"
+    assert row(shown, "worker")[1] != "-"  # who ran the last attempt
     assert "None" not in shown
     assert not [line for line in shown.splitlines() if line.startswith("result")]
     text = ok(procs, "job", APP, failed.id, "--json")
