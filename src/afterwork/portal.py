@@ -1,10 +1,11 @@
 """Sync access to the async core, without writing anything twice.
 
-``enqueue()`` runs the same coroutine as ``aenqueue()``. A thread with no
-running loop (a Flask or Django view, a script) runs it on a private loop of
-its own, so a call costs no hop between threads. Code that calls a sync method
-from inside a running loop is served by one shared loop on a daemon thread,
-since its own loop cannot be re-entered.
+``enqueue()`` runs the same coroutine as ``aenqueue()`` and waits for it.
+Other threads share one private event loop in a daemon thread, so a server
+that starts a thread per request leaves nothing behind (no loop, connection
+or client per thread). The main thread, which lives as long as the process,
+runs the coroutine on a loop of its own: a script's calls skip the hop to the
+shared loop's thread.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class _ThreadLoop(threading.local):
-    loop: asyncio.AbstractEventLoop | None = None
-
-    def __del__(self) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.close()
-
-
 class Portal:
     def __init__(self) -> None:
-        self._local = _ThreadLoop()
         self._shared: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -36,11 +29,10 @@ class Portal:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is None:
-            loop = self._local.loop
-            if loop is None or loop.is_closed():
-                loop = self._local.loop = asyncio.new_event_loop()
-            return loop.run_until_complete(coro)
+        if running is None and threading.current_thread() is threading.main_thread():
+            if self._main is None or self._main.is_closed():
+                self._main = asyncio.new_event_loop()
+            return self._main.run_until_complete(coro)
         shared = self._shared_loop()
         if running is shared:
             coro.close()
@@ -48,6 +40,9 @@ class Portal:
         return asyncio.run_coroutine_threadsafe(coro, shared).result()
 
     def _shared_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._shared
+        if loop is not None and not loop.is_closed():
+            return loop
         with self._lock:
             if self._shared is None or self._shared.is_closed():
                 loop = asyncio.new_event_loop()
@@ -62,3 +57,6 @@ class Portal:
             shared, self._shared = self._shared, None
         if shared is not None and not shared.is_closed():
             shared.call_soon_threadsafe(shared.stop)
+        main, self._main = self._main, None
+        if main is not None and not main.is_closed() and not main.is_running():
+            main.close()
