@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,34 @@ async def test_a_blocked_reserve_does_not_poll_for_jobs_in_queues_it_does_not_se
 
     assert reserved == []
     assert claims <= 3, f"reserve looked for work {claims} times in 0.3 s"
+
+
+async def test_a_write_waiting_for_another_process_lock_does_not_stall_the_event_loop(
+    tmp_path: Path, make_job
+) -> None:
+    broker = create_broker(f"sqlite:///{tmp_path}/x.db", clock=Clock())
+    await broker.connect()
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticking = asyncio.create_task(ticker())
+    enqueue = asyncio.create_task(broker.enqueue([make_job()]))
+    await asyncio.sleep(0.6)  # hold the lock this long, as a slow writer would
+    assert not enqueue.done()
+    other.execute("COMMIT")
+    await asyncio.wait_for(enqueue, 5)
+    ticking.cancel()
+
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f}s"
+    assert len(await broker.list_jobs()) == 1
+    other.close()
+    await broker.close()

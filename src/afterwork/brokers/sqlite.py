@@ -2,8 +2,9 @@
 
 Each thread that uses a broker gets its own connection and runs statements
 itself: they take microseconds, less than a hop to another thread. A write
-waits (up to the busy timeout) while another process holds the write lock;
-WAL lets readers go on meanwhile. Jobs enqueued in this process wake waiting
+that finds another process holding the write lock does not wait on the event
+loop: it is retried in a worker thread, which waits (up to the busy timeout)
+while the loop goes on. WAL lets readers go on meanwhile. Jobs enqueued in this process wake waiting
 workers at once through a signal shared by every broker on the same file;
 other processes' writes are noticed by ``PRAGMA data_version``, checked every
 few milliseconds while idle.
@@ -78,6 +79,10 @@ def sqlite_path(url: str) -> str:
     return parts.path[1:]
 
 
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _row_to_job(row: sqlite3.Row) -> JobRecord:
     data = {name: row[name] for name in _FIELDS}
     data["status"] = JobStatus(data["status"])
@@ -110,9 +115,24 @@ class SQLiteBroker(Broker):
         """Run a statement batch on this thread's own connection.
 
         Statements take tens of microseconds, less than a hop to another
-        thread would; WAL lets readers go on while another process writes.
+        thread would. Connections do not wait for locks; when another process
+        holds the write lock, the batch (which changed nothing yet: the lock
+        is taken first) runs again in a worker thread that waits for it.
         """
-        return fn(*args)
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc):
+                raise
+        return await asyncio.to_thread(self._patiently, fn, *args)
+
+    def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._db()
+        conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        try:
+            return fn(*args)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
 
     def _db(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -129,19 +149,19 @@ class SQLiteBroker(Broker):
             conn = sqlite3.connect(
                 self.path,
                 isolation_level=None,
-                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,  # opening waits: it happens once
                 check_same_thread=False,  # only so close() may run on another thread
             )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not self._schema_ready:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version < _SCHEMA_VERSION:
                     conn.executescript(Q["schema"])
                     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 self._schema_ready = True
+            conn.execute("PRAGMA busy_timeout = 0")  # see _run: waiting happens off the loop
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -162,7 +182,7 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._write(fn)
+        return await self._run(self._write, fn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one immediate transaction: other writers wait, none interleave."""
