@@ -6,7 +6,9 @@ import os
 import threading
 from pathlib import Path
 
-from afterwork import Afterwork
+import pytest
+
+from afterwork import Afterwork, BrokerConnectionError
 from afterwork.brokers.sqlite import SQLiteBroker
 
 
@@ -34,3 +36,12 @@ def test_sync_calls_from_short_lived_threads_leave_no_connection_or_descriptor_b
     assert len(jobs.broker._connections) == 1
     assert len(jobs.portal.call(jobs.broker.list_jobs(limit=100))) == 45
     jobs.close()
+
+
+def test_an_embedded_worker_that_cannot_start_leaves_no_thread_behind() -> None:
+    jobs = Afterwork("sqlite:////nonexistent/afterwork/jobs.db")
+    for _ in range(3):
+        with pytest.raises(BrokerConnectionError, match=r"/nonexistent/afterwork/jobs\.db"):
+            jobs.start_in_thread()
+    assert not jobs.running
+    assert not [t for t in threading.enumerate() if t.name == "afterwork-embedded" and t.is_alive()]

@@ -415,6 +415,7 @@ class Afterwork:
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
         if task.done():  # it failed to start (an unreachable broker, say): say why
             started.cancel()
+            await self.local_queue.stop(0)
             task.result()
         self._embedded = (worker, task)
         return worker
@@ -427,11 +428,13 @@ class Afterwork:
         worker, task = self._embedded
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_period
-        await self.local_queue.stop(grace_period)
-        worker.grace_period = max(deadline - loop.time(), 0.0)
-        worker.stop()
-        await task
-        self._embedded = None
+        try:
+            await self.local_queue.stop(grace_period)
+            worker.grace_period = max(deadline - loop.time(), 0.0)
+            worker.stop()
+            await task
+        finally:
+            self._embedded = None
 
     def start_in_thread(self, **options: Any) -> None:
         """:meth:`start` on a loop of its own in a daemon thread, for WSGI apps (Flask, Django)."""
@@ -440,19 +443,29 @@ class Afterwork:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="afterwork-embedded", daemon=True)
         thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(**options), loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(**options), loop).result()
+        except BaseException:
+            _end_loop_thread(thread, loop)
+            raise
         self._thread = (thread, loop)
 
     def stop_in_thread(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
         if self._thread is None:
             return
         thread, loop = self._thread
-        asyncio.run_coroutine_threadsafe(self.stop(grace_period=grace_period), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()  # its selector and self-pipe, rather than leaving them to the GC
         self._thread = None
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop(grace_period=grace_period), loop).result()
+        finally:
+            _end_loop_thread(thread, loop)
+
+
+def _end_loop_thread(thread: threading.Thread, loop: asyncio.AbstractEventLoop) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+    if not thread.is_alive():
+        loop.close()  # its selector and self-pipe, rather than leaving them to the GC
 
 
 def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -30,6 +30,8 @@ DEFAULT_LEASE = 15.0
 DEFAULT_HEARTBEAT = 1.0
 #: A worker not heard from for this long is no longer listed as alive.
 WORKER_STALE_AFTER = 10.0
+#: ... and after this long its entry is deleted (a killed worker never says goodbye).
+WORKER_FORGOTTEN_AFTER = 60.0
 #: How often a worker puts expired leases back and drops expired results.
 DEFAULT_MAINTENANCE_INTERVAL = 5.0
 #: On SIGTERM, running jobs get this long to finish before they are put back.

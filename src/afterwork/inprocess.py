@@ -104,7 +104,10 @@ class LocalJob:
         self.func = self.args = self.kwargs = None  # type: ignore[assignment]
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
-            callback()
+            try:
+                callback()
+            except Exception:  # one waiter gone wrong must not keep news from the rest
+                logger.exception("a waiter on in-process job %s failed", self.id)
 
     def _on_done(self, callback: Callable[[], None]) -> None:
         # Called on the queue's loop or under the caller's check; a callback
@@ -145,7 +148,8 @@ class LocalJob:
             waiter: asyncio.Future[None] = loop.create_future()
 
             def wake() -> None:
-                loop.call_soon_threadsafe(_resolve, waiter)
+                if not loop.is_closed():  # the waiter may have given up, its loop gone
+                    loop.call_soon_threadsafe(_resolve, waiter)
 
             self._on_done(wake)
             with contextlib.suppress(TimeoutError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from afterwork.brokers import create_broker
+from afterwork.brokers import WorkerInfo, create_broker
 from afterwork.brokers.sqlite import SQLiteBroker
 from afterwork.clock import Clock, ManualClock
 from afterwork.errors import BrokerConnectionError, InvalidURL
@@ -169,4 +169,19 @@ async def test_a_write_waiting_for_another_process_lock_does_not_stall_the_event
     assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f}s"
     assert len(await broker.list_jobs()) == 1
     other.close()
+    await broker.close()
+
+
+async def test_a_worker_not_heard_from_for_a_minute_is_forgotten(tmp_path: Path) -> None:
+    clock = ManualClock()
+    broker = create_broker(f"sqlite:///{tmp_path}/x.db", clock=clock)
+    await broker.connect()
+    info = WorkerInfo(
+        id="gone", hostname="h", pid=1, queues=["default"], concurrency=1,
+        started_at=clock.now(), last_seen=clock.now(),
+    )  # fmt: skip
+    await broker.register_worker(info)
+    clock.advance(61)
+    await broker.recover()
+    assert await broker.workers(alive_within=3600) == []
     await broker.close()

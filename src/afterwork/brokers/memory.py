@@ -14,6 +14,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 
+from ..defaults import WORKER_FORGOTTEN_AFTER
 from ..job import ACTIVE, FINISHED, WAITING, JobRecord, JobStatus
 from .base import (
     Broker,
@@ -241,6 +242,8 @@ class MemoryBroker(Broker):
         recovered = 0
         with self._lock:
             now = self.clock.now()
+            cutoff = now - WORKER_FORGOTTEN_AFTER
+            self._workers = {k: w for k, w in self._workers.items() if w.last_seen >= cutoff}
             for job_id in list(self._running):
                 job = self._jobs[job_id]
                 if job.lease_until is not None and job.lease_until <= now:

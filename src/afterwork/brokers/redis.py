@@ -43,7 +43,7 @@ from typing import Any
 
 import msgspec
 
-from ..defaults import DEFAULT_QUEUE
+from ..defaults import DEFAULT_QUEUE, WORKER_FORGOTTEN_AFTER
 from ..job import FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus
 from .base import (
     Broker,
@@ -75,7 +75,7 @@ EXPIRY_GRACE = 60.0
 #: A producer adds the queues it uses to the registry this often (seconds).
 REGISTER_EVERY = 60.0
 #: A worker's registry entry outlives its last heartbeat by this long.
-WORKER_TTL = 60
+WORKER_TTL = int(WORKER_FORGOTTEN_AFTER)
 #: Blocking reads are cut into pieces no longer than this, well inside the socket timeout.
 BLOCK_CHUNK = 10.0
 #: Jobs this broker handed out, remembered with their queue so settle and extend

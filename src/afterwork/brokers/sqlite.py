@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ..defaults import SQLITE_BUSY_TIMEOUT_MS, SQLITE_POLL_INTERVAL
+from ..defaults import SQLITE_BUSY_TIMEOUT_MS, SQLITE_POLL_INTERVAL, WORKER_FORGOTTEN_AFTER
 from ..errors import BrokerConnectionError, InvalidURL
 from ..job import WAITING, ErrorInfo, JobRecord, JobStatus
 from .base import (
@@ -377,6 +377,7 @@ class SQLiteBroker(Broker):
                 params["dead_letter_ttl"] = self.dead_letter_ttl
                 conn.execute(Q[_LEASE_LOST[status]], params)
             conn.execute(Q["delete_expired"], (now,))
+            conn.execute(Q["delete_stale_workers"], (now - WORKER_FORGOTTEN_AFTER,))
             return len(expired)
 
         recovered = await self._transaction(recover)

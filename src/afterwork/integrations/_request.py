@@ -84,25 +84,21 @@ def _log_failure(task: BackgroundTask, exc: BaseException) -> None:
 
 
 def run_sync(tasks: BackgroundTasks) -> None:
-    """Run every task here and now, in order; failures are logged and never propagate.
-
-    Tasks that the tasks themselves add run too, after the others.
-    """
-    while tasks.tasks:
-        for task in take(tasks):
-            try:
-                _context_of(task).run(_call, task)
-            except Exception as exc:
-                _log_failure(task, exc)
-                if tasks.on_error is not None:
-                    try:
-                        outcome = tasks.on_error(task, exc)
-                        if inspect.isawaitable(outcome):
-                            _run_coroutine(_await(outcome))
-                    except Exception:
-                        logger.exception(
-                            "the on_error handler failed for background task %s", task.name
-                        )
+    """Run every task here and now, in order; failures are logged and never propagate."""
+    for task in take(tasks):
+        try:
+            _context_of(task).run(_call, task)
+        except Exception as exc:
+            _log_failure(task, exc)
+            if tasks.on_error is not None:
+                try:
+                    outcome = tasks.on_error(task, exc)
+                    if inspect.isawaitable(outcome):
+                        _run_coroutine(_await(outcome))
+                except Exception:
+                    logger.exception(
+                        "the on_error handler failed for background task %s", task.name
+                    )
 
 
 async def _await(awaitable: Any) -> Any:
