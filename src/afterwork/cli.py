@@ -260,10 +260,6 @@ def worker(
             await app.aclose()
 
     run(serve())
-    if the_worker.abandoned_threads:
-        # Threads past their timeout cannot be joined; do not hang on them at exit.
-        logging.shutdown()
-        os._exit(0)
 
 
 def _stop_on_signals(

@@ -22,11 +22,11 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import JobCancelled, JobFailed, ResultTimeout, TaskQueueFull, TaskQueueNotRunning
 from .job import JobStatus
+from .threads import DaemonThreadPool
 from .worker import error_info
 
 logger = logging.getLogger("afterwork.inprocess")
@@ -194,7 +194,7 @@ class InProcessQueue:
         self._backlog: collections.deque[LocalJob] = collections.deque()
         self._active: set[asyncio.Task[None]] = set()
         self._running = 0  # launched and not yet finished; only touched on the loop
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: DaemonThreadPool | None = None
         self._idle = asyncio.Event()
 
     @property
@@ -207,7 +207,7 @@ class InProcessQueue:
     async def start(self) -> None:
         if self._loop is not None:
             return
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="afterwork-local")
+        self._threads = DaemonThreadPool(self.concurrency, "afterwork-local")
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()

@@ -16,7 +16,6 @@ import socket
 import traceback
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .brokers import Broker, Outcome, OutcomeKind, WorkerInfo
@@ -34,6 +33,7 @@ from .job import ErrorInfo, JobRecord
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
+from .threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from .app import Afterwork
@@ -127,7 +127,7 @@ class Worker:
         self._outcomes: list[Outcome] = []
         self._flush_lock = asyncio.Lock()
         self._settled_batches = 0
-        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="afterwork-job")
+        self._threads = DaemonThreadPool(concurrency, "afterwork-job")
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._stop_now = asyncio.Event()
@@ -382,7 +382,7 @@ class Worker:
         """Leave a job's thread running; later jobs get a new pool so none waits behind it."""
         self.abandoned_threads += 1
         self._threads.shutdown(wait=False)
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="afterwork-job")
+        self._threads = DaemonThreadPool(self.concurrency, "afterwork-job")
 
     def _failed_attempt(self, task: Task[Any, Any], job: JobRecord, exc: BaseException) -> None:
         error = error_info(exc)
