@@ -143,7 +143,7 @@ class Worker:
         Safe to call from any thread (and from signal handlers).
         """
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():  # not started yet, or already finished
             # Not running yet: nothing waits on the events, so set them here and
             # run() returns as soon as it starts.
             self._request_stop(immediately)
@@ -265,6 +265,10 @@ class Worker:
                     continue
                 task = asyncio.create_task(self._execute(job))
                 self._running[job.id] = (job, task)
+            if jobs:
+                # Let the jobs start before this loop spends its time on the next claim
+                # (packing and sending it): a job waits for no round trip but its own.
+                await asyncio.sleep(0)
             if not jobs and self.burst:
                 if not self._running:
                     # A retry or put-back settled since the reserve may be ready now.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,26 @@ async def test_a_worker_not_heard_from_for_a_minute_is_forgotten(tmp_path: Path)
     await broker.recover()
     assert await broker.workers(alive_within=3600) == []
     await broker.close()
+
+
+def test_many_processes_opening_a_new_file_at_once_all_connect(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        broker = create_broker(url, clock=Clock())
+        start.wait()
+        try:
+            asyncio.run(broker.connect())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            asyncio.run(broker.close())
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []

@@ -16,6 +16,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -77,6 +78,26 @@ def sqlite_path(url: str) -> str:
             f"invalid SQLite URL {url!r}; use sqlite:///relative/path.db or sqlite:////abs/path.db"
         )
     return parts.path[1:]
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new file to WAL (the mode is stored in the file, so once is enough).
+
+    Two processes opening a new file at once race for the switch, and SQLite
+    refuses the loser at once rather than calling its busy handler: retry a
+    few times, briefly.
+    """
+    for pause in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc):
+                raise
+            time.sleep(pause)
+    conn.execute("PRAGMA journal_mode = WAL")  # a last try; its error says what is wrong
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -153,7 +174,7 @@ class SQLiteBroker(Broker):
                 check_same_thread=False,  # only so close() may run on another thread
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             if not self._schema_ready:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
