@@ -268,6 +268,9 @@ class Worker:
             if jobs:
                 # Let the jobs start before this loop spends its time on the next claim
                 # (packing and sending it): a job waits for no round trip but its own.
+                # Jobs that finish at once report here too, and this loop resumes before
+                # the settle loop wakes: the next claim reaches the broker ahead of their
+                # settle, so the worker runs that batch while Redis settles the last one.
                 await asyncio.sleep(0)
             if not jobs and self.burst:
                 if not self._running:
