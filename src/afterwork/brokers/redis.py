@@ -43,19 +43,19 @@ from typing import Any
 
 import msgspec
 
-from ..defaults import DEFAULT_QUEUE, WORKER_FORGOTTEN_AFTER
-from ..job import FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus
+from ..defaults import DEFAULT_QUEUE
+from ..job import FINISHED, ErrorInfo, JobRecord, JobStatus
 from .base import (
     Broker,
     Outcome,
     OutcomeKind,
-    QueueStats,
     ScheduleState,
-    WorkerInfo,
     expired_lease_outcome,
 )
 from .redis_codec import decode_job, encode_job, pairs
-from .redis_connection import SHA, RedisConnection, parse_redis_url
+from .redis_connection import RedisConnection, parse_redis_url
+from .redis_keys import QueueKeys
+from .redis_read import RedisReadSide
 
 logger = logging.getLogger("afterwork.brokers.redis")
 
@@ -67,26 +67,17 @@ WAKE_TOKENS = 64
 BATCH_MAX = 1000
 #: A batch is stored (or settled) by one script call per queue and this many jobs.
 SCRIPT_CHUNK = 500
-#: Listings of scheduled, running or all jobs look at this many per queue and set.
-LIST_SCAN = 1000
 #: A finished job's hash expires this long after its TTL, in case no worker runs
 #: recover() (which deletes it on time, by the broker's clock).
 EXPIRY_GRACE = 60.0
 #: A producer adds the queues it uses to the registry this often (seconds).
 REGISTER_EVERY = 60.0
-#: A worker's registry entry outlives its last heartbeat by this long.
-WORKER_TTL = int(WORKER_FORGOTTEN_AFTER)
 #: Blocking reads are cut into pieces no longer than this, well inside the socket timeout.
 BLOCK_CHUNK = 10.0
 #: Jobs this broker handed out, remembered with their queue so settle and extend
 #: need no look-up; forgotten when settled, and all of them past this many.
 _HANDED_OUT_MAX = 100_000
 
-_SETS = ("ready", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed", "expiry")
-#: Scripts that use only the first few of the per-queue sets are sent only those.
-_KEYS_USED = {"enqueue": 3, "claim_fire": 3, "discard": 3, "claim": 4, "extend": 4}
-_STATS_ORDER = ("queued", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed")
-_worker_decoder = msgspec.json.Decoder(WorkerInfo)
 _msgpack = msgspec.msgpack.Encoder()
 _error_encoder = msgspec.json.Encoder()
 
@@ -102,31 +93,13 @@ def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
     return (job.id, *unique, target, _msgpack.encode(encode_job(job)), job.payload, *result)
 
 
-class _Queue:
-    """One queue's key names: the hash-tagged base and its sets, in the scripts' KEYS order."""
-
-    __slots__ = ("base", "keys", "name")
-
-    def __init__(self, prefix: str, name: str) -> None:
-        self.name = name
-        self.base = f"{{{prefix}:{name}}}:"
-        self.keys = tuple(self.base + s for s in _SETS)
-
-    def script(self, name: str, *args: Any) -> tuple[Any, ...]:
-        keys = self.keys[: _KEYS_USED.get(name, len(_SETS))]
-        return ("EVALSHA", SHA[name], len(keys), *keys, self.base, *args)
-
-    def job(self, job_id: str) -> str:
-        return f"{self.base}job:{job_id}"
-
-
-class RedisBroker(Broker):
+class RedisBroker(RedisReadSide, Broker):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         client_url, self.prefix, self.cluster = parse_redis_url(url)
         self._redis = RedisConnection(url, client_url, cluster=self.cluster)
         self._global = f"{{{self.prefix}}}:"
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, QueueKeys] = {}
         self._registered: dict[str, float] = {}  # queue -> when to add it to the registry again
         self._handed_out: dict[str, str] = {}
 
@@ -138,10 +111,10 @@ class RedisBroker(Broker):
 
     # -- keys -----------------------------------------------------------------------------
 
-    def _queue(self, name: str) -> _Queue:
+    def _queue(self, name: str) -> QueueKeys:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = _Queue(self.prefix, name)
+            queue = self._queues[name] = QueueKeys(self.prefix, name)
         return queue
 
     def _where(self, job_id: str) -> str:
@@ -155,11 +128,11 @@ class RedisBroker(Broker):
             commands.append(("LTRIM", key, 0, WAKE_TOKENS - 1))
         return commands
 
-    async def _all_queues(self) -> list[_Queue]:
+    async def _all_queues(self) -> list[QueueKeys]:
         names = await (await self._redis.client()).smembers(f"{self._global}queues")
         return [self._queue(n.decode()) for n in sorted(names)]
 
-    async def _locate(self, job_ids: Sequence[str]) -> dict[str, _Queue]:
+    async def _locate(self, job_ids: Sequence[str]) -> dict[str, QueueKeys]:
         """The queues of jobs: from those this broker handed out, else the per-job index."""
         found = {i: self._queue(q) for i in job_ids if (q := self._handed_out.get(i))}
         unknown = [i for i in dict.fromkeys(job_ids) if i not in found]
@@ -170,7 +143,7 @@ class RedisBroker(Broker):
         return found
 
     @staticmethod
-    def _decode(queue: _Queue, raw: Any, job_id: str | None = None) -> JobRecord | None:
+    def _decode(queue: QueueKeys, raw: Any, job_id: str | None = None) -> JobRecord | None:
         """A job hash (a dict, or a script's flat list) as a record; None if there is none."""
         fields = pairs(raw) if isinstance(raw, list) else raw
         if not fields:
@@ -474,119 +447,7 @@ class RedisBroker(Broker):
                 queue, await (await self._redis.client()).hgetall(queue.job(job_id)), job_id
             )
 
-    async def list_jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50
-    ) -> list[JobRecord]:
-        now = self.clock.now()
-        with self._redis.errors("listing jobs"):
-            queues = [self._queue(queue)] if queue is not None else await self._all_queues()
-            per_queue = [self._candidates(q, status, now, limit) for q in queues]
-            replies = iter(await self._redis.pipeline([c for cs in per_queue for c in cs]))
-            wanted: list[tuple[_Queue, str]] = []
-            for q, candidates in zip(queues, per_queue, strict=True):
-                ids = dict.fromkeys(i for _ in candidates for i in next(replies))
-                wanted += [(q, i.decode()) for i in ids]
-            raws = await self._redis.pipeline([("HGETALL", q.job(i)) for q, i in wanted])
-        jobs = [
-            job
-            for (q, i), raw in zip(wanted, raws, strict=True)
-            if (job := self._decode(q, raw, i)) is not None
-            and (status is None or job.status_at(now) == status)
-        ]
-        if status in (JobStatus.SCHEDULED, JobStatus.RETRYING):  # in the order they fall due
-            jobs.sort(key=lambda j: (j.run_at, -j.priority, j.id))
-        elif status in WAITING:
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        else:  # newest first, and of jobs that changed at the same time the last enqueued
-            jobs.sort(key=lambda j: (j.finished_at or j.started_at or j.enqueued_at, j.id))
-            jobs.reverse()
-        return jobs[:limit]
-
-    @staticmethod
-    def _candidates(
-        q: _Queue, status: JobStatus | None, now: float, limit: int
-    ) -> list[tuple[Any, ...]]:
-        """Commands that name the jobs a listing may show from one queue, always as many."""
-        ready, scheduled, retrying, running, *finished, _ = q.keys
-        sets = dict(zip(("succeeded", "cancelled", "failed"), finished, strict=True))
-        due = ("-inf", repr(now), "LIMIT", 0, LIST_SCAN)
-        later = (f"({now!r}", "+inf", "LIMIT", 0, LIST_SCAN)
-        if status == JobStatus.QUEUED:
-            return [
-                ("ZRANGE", ready, 0, limit - 1),
-                ("ZRANGEBYSCORE", scheduled, *due),
-                ("ZRANGEBYSCORE", retrying, *due),
-            ]
-        if status == JobStatus.SCHEDULED:
-            return [("ZRANGEBYSCORE", scheduled, *later)]
-        if status == JobStatus.RETRYING:
-            return [("ZRANGEBYSCORE", retrying, *later)]
-        if status == JobStatus.RUNNING:
-            return [("ZRANGE", running, 0, LIST_SCAN - 1)]
-        if status is not None:
-            return [("ZREVRANGE", sets[str(status)], 0, limit - 1)]
-        waiting = [("ZRANGE", key, 0, LIST_SCAN - 1) for key in (ready, scheduled, retrying)]
-        done = [("ZREVRANGE", key, 0, limit - 1) for key in finished]
-        return [*waiting, ("ZRANGE", running, 0, LIST_SCAN - 1), *done]
-
-    async def stats(self) -> QueueStats:
-        now = repr(self.clock.now())
-        with self._redis.errors("counting jobs"):
-            queues = await self._all_queues()
-            commands: list[tuple[Any, ...]] = []
-            for q in queues:
-                ready, scheduled, retrying, running, succeeded, cancelled, failed, _ = q.keys
-                commands += [
-                    ("ZCARD", ready),
-                    ("ZCOUNT", scheduled, "-inf", now),
-                    ("ZCOUNT", retrying, "-inf", now),
-                    ("ZCOUNT", scheduled, f"({now}", "+inf"),
-                    ("ZCOUNT", retrying, f"({now}", "+inf"),
-                    *[("ZCARD", key) for key in (running, succeeded, cancelled, failed)],
-                ]
-            replies = await self._redis.pipeline(commands)
-        stats: QueueStats = {}
-        for n, q in enumerate(queues):
-            ready, due, due_retry, *rest = replies[n * 9 : n * 9 + 9]
-            counts = zip(_STATS_ORDER, (ready + due + due_retry, *rest), strict=True)
-            found = {status: count for status, count in counts if count}
-            if found:
-                stats[q.name] = found
-        return stats
-
-    async def register_worker(self, info: WorkerInfo) -> None:
-        workers = f"{self._global}workers"
-        with self._redis.errors("registering a worker"):
-            await self._redis.pipeline(
-                [
-                    ("ZADD", workers, repr(info.last_seen), info.id),
-                    ("SET", f"{self._global}worker:{info.id}", msgspec.json.encode(info)),
-                    ("EXPIRE", f"{self._global}worker:{info.id}", WORKER_TTL),
-                    ("ZREMRANGEBYSCORE", workers, "-inf", f"({info.last_seen - WORKER_TTL!r}"),
-                ]
-            )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        with self._redis.errors("unregistering a worker"):
-            await self._redis.pipeline(
-                [
-                    ("ZREM", f"{self._global}workers", worker_id),
-                    ("DEL", f"{self._global}worker:{worker_id}"),
-                ]
-            )
-
-    async def workers(self, alive_within: float) -> list[WorkerInfo]:
-        cutoff = repr(self.clock.now() - alive_within)
-        with self._redis.errors("listing workers"):
-            client = await self._redis.client()
-            ids = await client.zrangebyscore(f"{self._global}workers", cutoff, "+inf")
-            if not ids:
-                return []
-            infos = await client.mget([f"{self._global}worker:{i.decode()}" for i in ids])
-        found = [_worker_decoder.decode(i) for i in infos if i is not None]
-        return sorted(found, key=lambda w: w.id)
-
-    async def _failed(self, job_ids: Sequence[str] | None) -> list[tuple[_Queue, str]]:
+    async def _failed(self, job_ids: Sequence[str] | None) -> list[tuple[QueueKeys, str]]:
         if job_ids is None:
             queues = await self._all_queues()
             replies = await self._redis.pipeline([("ZRANGE", q.keys[6], 0, -1) for q in queues])
