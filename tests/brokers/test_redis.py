@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from records import job
 from redis.cluster import key_slot
 from redis_servers import REDIS_SERVER, RedisServer, free_port
 from services import require_service, service_unavailable
@@ -31,28 +32,11 @@ from afterwork.brokers.redis import RedisBroker
 from afterwork.brokers.redis_connection import RedisConnection
 from afterwork.clock import Clock, ManualClock
 from afterwork.errors import BrokerConnectionError, InvalidURL, MissingDependency
-from afterwork.job import ErrorInfo, JobRecord, JobStatus
+from afterwork.job import ErrorInfo, JobStatus
 
 SERVER = os.environ.get("AFTERWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15").split("?")[0]
 SECRET = "s3cret-Pa55"
 BOOM = ErrorInfo("ValueError", "boom")
-
-
-def job(job_id: str, clock: Clock, *, queue: str = "default", **fields) -> JobRecord:
-    now = clock.now()
-    return JobRecord(
-        id=job_id,
-        task="tests.noop",
-        queue=queue,
-        priority=0,
-        payload=b"{}",
-        status=JobStatus.QUEUED,
-        run_at=now,
-        enqueued_at=now,
-        max_attempts=3,
-        result_ttl=60.0,
-        **fields,
-    )
 
 
 async def echo(value: int) -> int:

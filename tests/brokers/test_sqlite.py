@@ -9,28 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from records import job
 
 from afterwork.brokers import WorkerInfo, create_broker
 from afterwork.brokers.sqlite import SQLiteBroker
 from afterwork.clock import Clock, ManualClock
 from afterwork.errors import BrokerConnectionError, InvalidURL
-from afterwork.job import JobRecord, JobStatus
-
-
-def job(job_id: str, clock: Clock, queue: str = "default") -> JobRecord:
-    now = clock.now()
-    return JobRecord(
-        id=job_id,
-        task="tests.noop",
-        queue=queue,
-        priority=0,
-        payload=b"{}",
-        status=JobStatus.QUEUED,
-        run_at=now,
-        enqueued_at=now,
-        max_attempts=3,
-        result_ttl=60.0,
-    )
 
 
 async def test_a_path_whose_directory_does_not_exist_raises_broker_connection_error(
