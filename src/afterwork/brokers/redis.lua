@@ -29,8 +29,10 @@
 --                               the slot of its task's queue so a fire and its job
 --                               are recorded in one script
 --
--- Keys outside any queue, never touched by these scripts (the broker writes them
--- in the same pipeline as the script calls):
+-- Keys outside any queue. On a cluster they are in other slots, so no script
+-- touches them: the broker writes them in the same pipeline as the script calls.
+-- On a single server, where every key is in reach, enqueue and claim_fire write a
+-- new job's index entry and wake token themselves, so an enqueue is one command.
 --
 --   {P}:queues          set     every queue name used, for the read side and recover()
 --   {P}:wake:<Q>        list    wake-up tokens, trimmed to 64: whatever makes a job
@@ -61,6 +63,9 @@ local READY, SCHEDULED, RETRYING, RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local FINISHED = {succeeded = KEYS[5], cancelled = KEYS[6], failed = KEYS[7]}
 local EXPIRY = KEYS[8]
 local BASE = ARGV[1]
+-- enqueue and claim_fire only: on a single server, the per-job index prefix
+-- ("P:where:"), the queue's wake list and the queue's name; '' on a cluster.
+local WHERE, WAKE, QUEUE = ARGV[2], ARGV[3], ARGV[4]
 local WAITING = {queued = true, scheduled = true, retrying = true}
 local DONE = {succeeded = true, cancelled = true, failed = true}
 local MAX_WAKE_TOKENS = 64
@@ -149,67 +154,103 @@ local function put_back(id, job, status, now)
   end
 end
 
--- Store a new job. ARGV[i..i+7]: id, has_unique, unique_key, target ('ready' |
--- 'scheduled' | 'retrying'), the job's text and number fields as one MessagePack
--- array of name, value pairs (one argument packs and sends faster than forty),
--- payload, has_result, result: Redis's cmsgpack has no binary type.
--- Returns {1} when stored, or {0, fields} of the job that stands instead: the one
--- already stored under this id, or the active job holding the unique key.
-local STORE_ARGS = 8
+-- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
+-- 'scheduled' | 'retrying'), score (the ready score, or the run time), n, then n
+-- field, value arguments (the job's text and number fields), payload,
+-- has_result, result. Returns {1} when stored; {0, fields} of the job that
+-- stands instead (the one already stored under this id, or the active job
+-- holding the unique key); or {2}: the id is a job of another queue (found
+-- through the per-job index, written here on a single server). The second
+-- value is where the next job's arguments start.
 local function store(i)
   local id, has_unique, unique, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local first = i + 6
+  local payload = first + tonumber(ARGV[i + 5])
+  local next_job = payload + 3
   local job = job_key(id)
-  if redis.call('EXISTS', job) == 1 then
-    return {0, redis.call('HGETALL', job)}
+  -- On a single server a new index entry proves the id new; only without one
+  -- (a cluster), or before a unique-key check, does it take a look.
+  if (WHERE == '' or has_unique == '1') and redis.call('EXISTS', job) == 1 then
+    return {0, redis.call('HGETALL', job)}, next_job
   end
+  local unique_key = false
   if has_unique == '1' then
-    local key = BASE .. 'unique:' .. unique
-    local twin = redis.call('GET', key)
+    unique_key = BASE .. 'unique:' .. unique
+    local twin = redis.call('GET', unique_key)
     if twin then
       local twin_job = job_key(twin)
       local status = redis.call('HGET', twin_job, 'status')
       if WAITING[status] or status == 'running' then
-        return {0, redis.call('HGETALL', twin_job)}
+        return {0, redis.call('HGETALL', twin_job)}, next_job
       end
     end
-    redis.call('SET', key, id)
   end
-  redis.call('HSET', job, 'payload', ARGV[i + 5], unpack(cmsgpack.unpack(ARGV[i + 4])))
-  if ARGV[i + 6] == '1' then
-    redis.call('HSET', job, 'result', ARGV[i + 7])
+  if WHERE ~= '' and not redis.call('SET', WHERE .. id, QUEUE, 'NX') then
+    if redis.call('EXISTS', job) == 1 then
+      return {0, redis.call('HGETALL', job)}, next_job
+    end
+    return {2}, next_job
   end
-  if target == 'ready' then
-    make_ready(id, job)
-  else
-    redis.call('ZADD', target == 'retrying' and RETRYING or SCHEDULED,
-      num(redis.call('HGET', job, 'run_at'), 0), id)
+  if unique_key then
+    redis.call('SET', unique_key, id)
   end
-  return {1}
+  redis.call('HSET', job, 'payload', ARGV[payload], unpack(ARGV, first, payload - 1))
+  if ARGV[payload + 1] == '1' then
+    redis.call('HSET', job, 'result', ARGV[payload + 2])
+  end
+  local set = READY
+  if target == 'retrying' then
+    set = RETRYING
+  elseif target ~= 'ready' then
+    set = SCHEDULED
+  end
+  redis.call('ZADD', set, ARGV[i + 4], id)
+  return {1}, next_job
+end
+
+-- Wake idle workers for `count` new ready jobs (on a single server; on a cluster
+-- the wake list is in another slot and the broker pushes beside the script).
+local function wake(count)
+  if WAKE == '' or count == 0 then
+    return
+  end
+  local tokens = {}
+  for n = 1, math.min(count, MAX_WAKE_TOKENS) do
+    tokens[n] = '1'
+  end
+  redis.call('LPUSH', WAKE, unpack(tokens))
+  redis.call('LTRIM', WAKE, 0, MAX_WAKE_TOKENS - 1)
 end
 
 -- name: enqueue
--- ARGV: base, then what store() takes for each job. Returns store's reply for each.
+-- ARGV: base, where, wake, queue, then what store() takes for each job. Returns
+-- store's reply for each.
 local replies = {}
-for i = 2, #ARGV, STORE_ARGS do
-  replies[#replies + 1] = store(i)
+local i = 5
+while i <= #ARGV do
+  replies[#replies + 1], i = store(i)
 end
+wake(#replies)
 return replies
 
 -- name: claim_fire
--- ARGV: base, schedule name, fire_at, has_job, then (with a job) what store() takes.
--- Records the fire unless one at or after fire_at is recorded, and stores its job
--- in the same step. Returns {0} if another scheduler won, {1} or {1, store's reply}.
-local key = BASE .. 'schedule:' .. ARGV[2]
+-- ARGV: base, where, wake, queue, schedule name, fire_at, has_job, then (with a
+-- job) what store() takes. Records the fire unless one at or after fire_at is
+-- recorded, and stores its job in the same step. Returns {0} if another
+-- scheduler won, {1} or {1, store's reply}.
+local key = BASE .. 'schedule:' .. ARGV[5]
 local last = tonumber(redis.call('HGET', key, 'last_fire'))
-if last and last >= tonumber(ARGV[3]) then
+if last and last >= tonumber(ARGV[6]) then
   return {0}
 end
-redis.call('HSET', key, 'last_fire', ARGV[3])
-if ARGV[4] ~= '1' then
+redis.call('HSET', key, 'last_fire', ARGV[6])
+if ARGV[7] ~= '1' then
   return {1}
 end
-redis.call('HSET', key, 'last_job', ARGV[5])
-return {1, store(5)}
+redis.call('HSET', key, 'last_job', ARGV[8])
+local reply = store(8)
+wake(1)
+return {1, reply}
 
 -- name: claim
 -- ARGV: base, now, worker, lease_until, limit, promote_max.

@@ -52,7 +52,7 @@ from .base import (
     ScheduleState,
     expired_lease_outcome,
 )
-from .redis_codec import decode_job, encode_job, pairs
+from .redis_codec import as_dict, decode_job, encode_job
 from .redis_connection import RedisConnection, parse_redis_url
 from .redis_keys import QueueKeys
 from .redis_read import RedisReadSide
@@ -78,19 +78,20 @@ BLOCK_CHUNK = 10.0
 #: need no look-up; forgotten when settled, and all of them past this many.
 _HANDED_OUT_MAX = 100_000
 
-_msgpack = msgspec.msgpack.Encoder()
 _error_encoder = msgspec.json.Encoder()
 
 
 def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
     """What the scripts' store() takes for a new job."""
-    if job.run_at <= now:
-        target = "ready"
+    if job.run_at <= now:  # the ready score, as make_ready in redis.lua computes it
+        target, score = "ready", (100 - job.priority) * 1e13 + job.run_at * 1000
     else:
         target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
+        score = job.run_at
     unique = ("0", "") if job.unique_key is None else ("1", job.unique_key)
     result = ("0", b"") if job.result is None else ("1", job.result)
-    return (job.id, *unique, target, _msgpack.encode(encode_job(job)), job.payload, *result)
+    fields = encode_job(job)
+    return (job.id, *unique, target, repr(score), len(fields), *fields, job.payload, *result)
 
 
 class RedisBroker(RedisReadSide, Broker):
@@ -129,7 +130,7 @@ class RedisBroker(RedisReadSide, Broker):
         return commands
 
     async def _all_queues(self) -> list[QueueKeys]:
-        names = await (await self._redis.client()).smembers(f"{self._global}queues")
+        [names] = await self._redis.pipeline([("SMEMBERS", f"{self._global}queues")])
         return [self._queue(n.decode()) for n in sorted(names)]
 
     async def _locate(self, job_ids: Sequence[str]) -> dict[str, QueueKeys]:
@@ -145,7 +146,7 @@ class RedisBroker(RedisReadSide, Broker):
     @staticmethod
     def _decode(queue: QueueKeys, raw: Any, job_id: str | None = None) -> JobRecord | None:
         """A job hash (a dict, or a script's flat list) as a record; None if there is none."""
-        fields = pairs(raw) if isinstance(raw, list) else raw
+        fields = as_dict(raw)
         if not fields:
             return None
         if job_id is None:
@@ -169,12 +170,14 @@ class RedisBroker(RedisReadSide, Broker):
         ]
         commands = [
             self._queue(jobs[ns[0]].queue).script(
-                "enqueue", *(a for n in ns for a in _store_args(jobs[n], now))
+                "enqueue",
+                *self._placement(jobs[ns[0]].queue),
+                *(a for n in ns for a in _store_args(jobs[n], now)),
             )
             for ns in chunks
         ]
-        # The per-job index lives in other slots than the queue: written beside the script.
-        commands += [("SET", self._where(job.id), job.queue, "NX") for job in jobs]
+        if self.cluster:  # the index and wake lists are in other slots: written beside
+            commands += [("SET", self._where(job.id), job.queue, "NX") for job in jobs]
         then, queues = self._announce(jobs)
         with self._redis.errors("enqueueing jobs"):
             replies = await self._redis.pipeline(commands, then)
@@ -183,7 +186,14 @@ class RedisBroker(RedisReadSide, Broker):
             for ns, per_job in zip(chunks, replies[: len(chunks)], strict=True):
                 for n, reply in zip(ns, per_job, strict=True):
                     stored[n] = reply
-            return await self._stored(jobs, stored, replies[len(chunks) :])
+            return await self._stored(jobs, stored, replies[len(chunks) :] or None)
+
+    def _placement(self, queue: str) -> tuple[str, str, str]:
+        """enqueue's and claim_fire's first arguments: on a single server the script
+        writes the per-job index and the wake tokens itself; on a cluster it cannot."""
+        if self.cluster:
+            return "", "", queue
+        return f"{self.prefix}:where:", f"{self._global}wake:{queue}", queue
 
     def _announce(self, jobs: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         """Commands that wake workers for new jobs and add their queues to the registry,
@@ -195,7 +205,7 @@ class RedisBroker(RedisReadSide, Broker):
         woken: dict[str, int] = {}
         for job in jobs:
             woken[job.queue] = woken.get(job.queue, 0) + 1
-        commands = self._wake(woken)
+        commands = self._wake(woken) if self.cluster else []
         now = time.monotonic()
         queues = [q for q in woken if now >= self._registered.get(q, 0.0)]
         if queues:
@@ -214,30 +224,33 @@ class RedisBroker(RedisReadSide, Broker):
             if job is not None:
                 queue = self._queue(job.queue)
             else:
-                known = await (await self._redis.client()).hget(registry, schedule)
+                [known] = await self._redis.pipeline([("HGET", registry, schedule)])
                 queue = self._queue(known.decode() if known else DEFAULT_QUEUE)
-            args: tuple[Any, ...] = (schedule, repr(fire_at), "0")
+            args: tuple[Any, ...] = (*self._placement(queue.name), schedule, repr(fire_at), "0")
             if job is not None:
-                args = (schedule, repr(fire_at), "1", *_store_args(job, self.clock.now()))
+                args = (*args[:-1], "1", *_store_args(job, self.clock.now()))
             then = [("HSET", registry, schedule, queue.name)]
             commands = [queue.script("claim_fire", *args)]
             queues: list[str] = []
             if job is not None:
-                commands.append(("SET", self._where(job.id), job.queue, "NX"))
+                if self.cluster:
+                    commands.append(("SET", self._where(job.id), job.queue, "NX"))
                 announce, queues = self._announce([job])
                 then += announce
             replies = await self._redis.pipeline(commands, then)
             self._registered_now(queues)
             won = bool(replies[0][0] == 1)
+            indexed = replies[1:] or None
             if job is not None and won:
-                await self._stored([job], [replies[0][1]], [replies[1]])
-            elif job is not None and replies[1]:  # lost the race: its index entry must go
+                await self._stored([job], [replies[0][1]], indexed)
+            elif job is not None and indexed and indexed[0]:  # lost: its index entry must go
                 await self._redis.pipeline([("DEL", self._where(job.id))])
         return won
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
         with self._redis.errors("reading periodic schedules"):
-            where = await (await self._redis.client()).hgetall(f"{self._global}schedules")
+            [where] = await self._redis.pipeline([("HGETALL", f"{self._global}schedules")])
+            where = as_dict(where)
             names = sorted(n.decode() for n in where)
             raws = await self._redis.pipeline(
                 [
@@ -246,7 +259,7 @@ class RedisBroker(RedisReadSide, Broker):
                 ]
             )
         states: dict[str, ScheduleState] = {}
-        for name, raw in zip(names, raws, strict=True):
+        for name, raw in zip(names, map(as_dict, raws), strict=True):
             if b"last_fire" in raw:
                 last_job = raw.get(b"last_job")
                 states[name] = ScheduleState(
@@ -257,14 +270,20 @@ class RedisBroker(RedisReadSide, Broker):
         return states
 
     async def _stored(
-        self, jobs: Sequence[JobRecord], replies: Sequence[Any], indexed: Sequence[Any]
+        self, jobs: Sequence[JobRecord], replies: Sequence[Any], indexed: Sequence[Any] | None
     ) -> list[JobRecord]:
-        """What enqueue stored for each job (from store()'s replies and whether its
-        index entry was written), mending the per-job index where it must."""
+        """What enqueue stored for each job, from store()'s replies and (on a cluster)
+        whether its index entry was written, mending the per-job index where it must."""
         stored: list[JobRecord] = []
         orphans: list[tuple[Any, ...]] = []
+        if indexed is None:  # the script kept the index (a single server)
+            indexed = [True] * len(jobs)
         for job, reply, new_index in zip(jobs, replies, indexed, strict=True):
             queue = self._queue(job.queue)
+            if reply[0] == 2:  # the id is a job of another queue: that one stands
+                twin = await self.get(job.id)
+                stored.append(twin if twin is not None else copy.copy(job))
+                continue
             if reply[0] == 1:
                 if not new_index and (await self._locate([job.id])).get(job.id) is not queue:
                     # This id is already a job in another queue: that one stands.
@@ -302,10 +321,9 @@ class RedisBroker(RedisReadSide, Broker):
     async def _sleep(self, queues: Sequence[str], timeout: float, generation: int) -> bool:
         """Block until a wake token for one of ``queues`` arrives or ``timeout`` passes;
         True if :meth:`wake` was called (this process wants its workers to stop waiting)."""
-        client = await self._redis.client()
         wake = [f"{self._global}wake:{q}" for q in dict.fromkeys(queues)]
-        # BLPOP's timeout 0 would mean forever.
-        pop = asyncio.ensure_future(client.blpop(wake, max(min(timeout, BLOCK_CHUNK), 0.001)))
+        block = max(min(timeout, BLOCK_CHUNK), 0.001)  # BLPOP's timeout 0 would mean forever
+        pop = asyncio.ensure_future(self._redis.block(("BLPOP", *wake, block), block))
         woken = asyncio.ensure_future(self.ready_signal.wait(generation, BLOCK_CHUNK + 1))
         try:
             await asyncio.wait({pop, woken}, return_when=asyncio.FIRST_COMPLETED)
@@ -332,7 +350,7 @@ class RedisBroker(RedisReadSide, Broker):
             args = (repr(now), worker, repr(now + lease), limit - len(claimed), BATCH_MAX)
             [(found, due)] = await self._redis.pipeline([queue.script("claim", *args)])
             for raw_id, raw in found:
-                record, problem = decode_job(pairs(raw), raw_id.decode(), name)
+                record, problem = decode_job(as_dict(raw), raw_id.decode(), name)
                 self._remember(record.id, name)
                 if problem is None:
                     claimed.append(record)
@@ -443,9 +461,8 @@ class RedisBroker(RedisReadSide, Broker):
             queue = (await self._locate([job_id])).get(job_id)
             if queue is None:
                 return None
-            return self._decode(
-                queue, await (await self._redis.client()).hgetall(queue.job(job_id)), job_id
-            )
+            [raw] = await self._redis.pipeline([("HGETALL", queue.job(job_id))])
+            return self._decode(queue, raw, job_id)
 
     async def _failed(self, job_ids: Sequence[str] | None) -> list[tuple[QueueKeys, str]]:
         if job_ids is None:
@@ -496,7 +513,6 @@ class RedisBroker(RedisReadSide, Broker):
             if queue is None:
                 return None
             waiters, done = f"{queue.base}waiters:{job_id}", f"{queue.base}done:{job_id}"
-            client = await self._redis.client()
             register = False
             while True:
                 left = BLOCK_CHUNK if deadline is None else deadline - loop.time()
@@ -515,7 +531,9 @@ class RedisBroker(RedisReadSide, Broker):
                     register = True  # look again, this time registered
                     continue
                 # A token means the job finished (look without registering); none, time's up.
-                register = await client.blpop([done], max(chunk, 0.001)) is None
+                block = max(chunk, 0.001)
+                [token] = await self._redis.block(("BLPOP", done, block), block)
+                register = token is None
 
     async def delete_all(self) -> int:
         """Delete every key under this broker's prefix: all jobs, queues and workers.
@@ -524,8 +542,7 @@ class RedisBroker(RedisReadSide, Broker):
         """
         patterns = [f"{self._global}*", f"{{{self.prefix}:*", f"{self.prefix}:where:*"]
         with self._redis.errors("deleting keys"):
-            client = await self._redis.client()
-            keys = [k for p in patterns async for k in client.scan_iter(match=p, count=1000)]
+            keys = [k for p in patterns for k in await self._redis.keys_matching(p)]
             await self._redis.pipeline([("DEL", k) for k in keys])
         self._registered.clear()
         return len(keys)

@@ -53,9 +53,11 @@ def encode_job(job: JobRecord) -> list[Any]:
     return fields
 
 
-def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A flat ``HGETALL`` reply from a script as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+def as_dict(reply: Any) -> dict[bytes, bytes]:
+    """An ``HGETALL`` reply as a dict: Redis sends a flat list (redis-py makes a dict)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def _text(raw: bytes) -> str:

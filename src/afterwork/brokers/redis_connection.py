@@ -1,12 +1,12 @@
 """A Redis server as the Redis broker talks to it, from any event loop and thread.
 
-redis-py's asyncio clients belong to the loop they were made on, so there is
-one client per running loop, made on first use and closed with the broker or
-when its loop shuts down. Commands go in pipelines; scripts run by ``EVALSHA``
-straight from them (a redis-py ``Script`` in a pipeline costs a ``SCRIPT
-EXISTS`` round trip on every execution), and after ``NOSCRIPT`` (a restarted
-server forgets its scripts) they are loaded and the refused calls sent again.
-redis-py's errors come out as afterwork's, naming the server without its password.
+Connections belong to the loop they were made on, so each running loop gets
+its own, made on first use and closed with the broker or when its loop shuts
+down. On one server they are afterwork's lean :class:`WireConnection`; on a
+cluster, redis-py's client, which knows the slots. Commands go in pipelines;
+scripts run by ``EVALSHA``, and after ``NOSCRIPT`` (a restarted server forgets
+its scripts) they are loaded and the refused calls sent again. Errors come out
+as afterwork's, naming the server without its password.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -30,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BrokerConnectionError, BrokerError, InvalidURL
 from . import redact
+from .redis_wire import Address, ReplyError, WireConnection
 from .sql import load_queries
 
 #: Keys start with this unless the URL says ``?prefix=...``.
@@ -79,74 +79,130 @@ def parse_redis_url(url: str) -> tuple[str, str, bool]:
     return parts._replace(query=urlencode(rest)).geturl(), prefix, cluster
 
 
+class _LoopState:
+    """What one event loop uses: a shared connection for round trips, idle
+    connections for blocking commands, or (on a cluster) redis-py's client."""
+
+    __slots__ = ("cluster_client", "conn", "idle", "opening")
+
+    def __init__(self) -> None:
+        self.conn: WireConnection | None = None
+        self.opening: asyncio.Future[WireConnection] | None = None
+        self.idle: list[WireConnection] = []
+        self.cluster_client: Any = None
+
+    async def aclose(self) -> None:
+        connections = [*self.idle, *([self.conn] if self.conn is not None else [])]
+        self.idle, self.conn = [], None
+        for connection in connections:
+            connection.close()
+        if self.cluster_client is not None:
+            with contextlib.suppress(Exception):
+                await self.cluster_client.aclose()
+
+
 class RedisConnection:
-    """One Redis server (or cluster) for one broker: clients per loop, pipelines, errors."""
+    """One Redis server (or cluster) for one broker: connections per loop, round trips,
+    errors.
+
+    On one server, every event loop gets one :class:`WireConnection` that all
+    its round trips share, and more for blocking commands (each holds its
+    connection while it blocks). On a cluster, redis-py routes each command to
+    its node. Either way replies come back as Redis sent them (bytes, lists,
+    numbers), whatever the command.
+    """
 
     def __init__(self, url: str, client_url: str, *, cluster: bool) -> None:
         self.url = url  # as the user gave it, for messages (redacted)
         self.cluster = cluster
         self._client_url = client_url
+        self._address = Address.from_url(
+            client_url, connect_timeout=CONNECT_TIMEOUT, timeout=SOCKET_TIMEOUT
+        )
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[_LoopState, AsyncGenerator[None]]] = {}
         self._scripts_loaded = False
 
-    def _new_client(self) -> Any:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": SOCKET_TIMEOUT,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        }
-        if not self._client_url.startswith("unix:"):
-            options["socket_keepalive"] = True
-        if self.cluster:
-            return RedisCluster.from_url(self._client_url, max_connections=1000, **options)
-        return aioredis.Redis.from_url(self._client_url, health_check_interval=30, **options)
-
-    async def client(self) -> Any:
-        """This event loop's client.
+    async def _state(self) -> _LoopState:
+        """This event loop's connections.
 
         Each comes with an async generator the loop closes when it shuts down
-        (``asyncio.run`` does), which closes the client with its loop.
+        (``asyncio.run`` does), which closes the connections with their loop.
         """
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
+        entry = self._loops.get(loop)
         if entry is None:
             with self._lock:
-                for stale in [lp for lp in self._clients if lp.is_closed()]:
-                    del self._clients[stale]  # closed without shutting down: nothing to do
-                entry = self._clients.get(loop)
+                for stale in [lp for lp in self._loops if lp.is_closed()]:
+                    del self._loops[stale]  # closed without shutting down: nothing to do
+                entry = self._loops.get(loop)
                 created = entry is None
                 if entry is None:
-                    client = self._new_client()
-                    entry = self._clients[loop] = (client, self._closer(loop, client))
+                    state = _LoopState()
+                    entry = self._loops[loop] = (state, self._closer(loop, state))
             if created:
                 await anext(entry[1])
         return entry[0]
 
     async def _closer(
-        self, loop: asyncio.AbstractEventLoop, client: Any
-    ) -> AsyncGenerator[None, None]:
+        self, loop: asyncio.AbstractEventLoop, state: _LoopState
+    ) -> AsyncGenerator[None]:
         try:
             yield
         finally:
             with self._lock:
-                if self._clients.get(loop, (None,))[0] is client:
-                    del self._clients[loop]
-            with contextlib.suppress(Exception):
-                await client.aclose()
+                if self._loops.get(loop, (None,))[0] is state:
+                    del self._loops[loop]
+            await state.aclose()
+
+    async def _open(self) -> WireConnection:
+        try:
+            return await WireConnection.open(self._address)
+        except ReplyError as exc:  # refused the password or the database
+            raise RedisRefused(str(exc)) from None
+
+    async def _shared(self, state: _LoopState) -> WireConnection:
+        conn = state.conn
+        if conn is not None and not conn.closed:
+            return conn
+        if state.opening is None:  # one opening at a time; the others wait for it
+            state.opening = asyncio.ensure_future(self._open())
+            opening = state.opening
+            try:
+                state.conn = await opening
+            finally:
+                state.opening = None
+            return state.conn
+        return await asyncio.shield(state.opening)
+
+    async def client(self) -> Any:
+        """This event loop's redis-py cluster client (only on a cluster)."""
+        state = await self._state()
+        if state.cluster_client is None:
+            state.cluster_client = RedisCluster.from_url(
+                self._client_url,
+                max_connections=1000,
+                socket_connect_timeout=self._address.connect_timeout,
+                socket_timeout=self._address.timeout,
+                socket_keepalive=True,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            )
+        return state.cluster_client
 
     async def connect(self) -> None:
         """Make sure the server answers (and has the scripts); raise BrokerConnectionError."""
-        if asyncio.get_running_loop() in self._clients and self._scripts_loaded:
-            return
+        entry = self._loops.get(asyncio.get_running_loop())
+        if entry is not None and self._scripts_loaded:
+            state = entry[0]
+            if state.cluster_client is not None or (state.conn and not state.conn.closed):
+                return
         try:
-            client = await self.client()
-            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT)
+            await self.send([("PING",)])
             if not self._scripts_loaded:
-                await self._load_scripts(client)
-        except (RedisError, OSError, ValueError, TypeError) as exc:
+                await self._load_scripts()
+        except (RedisError, RedisRefused, ReplyError, OSError, ValueError, TypeError) as exc:
             with self._lock:
-                entry = self._clients.pop(asyncio.get_running_loop(), None)
+                entry = self._loops.pop(asyncio.get_running_loop(), None)
             if entry is not None:
                 await entry[1].aclose()
             raise BrokerConnectionError(
@@ -154,19 +210,25 @@ class RedisConnection:
                 "the password and that the server is running"
             ) from exc
 
-    async def _load_scripts(self, client: Any) -> None:
-        for name, text in SCRIPTS.items():
-            sha = await client.script_load(text)
-            if sha != SHA[name]:  # pragma: no cover (Redis and hashlib agree on SHA1)
-                raise BrokerError(f"Redis gave script {name} the digest {sha}, not {SHA[name]}")
+    async def _load_scripts(self) -> None:
+        if self.cluster:  # redis-py loads them on every node
+            client = await self.client()
+            replies = [await client.script_load(text) for text in SCRIPTS.values()]
+        else:
+            replies = await self.send([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
+        for name, sha in zip(SCRIPTS, replies, strict=True):
+            if isinstance(sha, Exception):
+                raise sha
+            if _text(sha) != SHA[name]:  # pragma: no cover (Redis and hashlib agree on SHA1)
+                raise BrokerError(f"Redis gave script {name} the digest {sha!r}, not {SHA[name]}")
         self._scripts_loaded = True
 
     async def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, {}
+            entries, self._loops = self._loops, {}
             self._scripts_loaded = False
         current = asyncio.get_running_loop()
-        for loop, (_, closer) in clients.items():
+        for loop, (_, closer) in entries.items():
             with contextlib.suppress(Exception):
                 if loop is current:
                     await closer.aclose()
@@ -176,7 +238,8 @@ class RedisConnection:
 
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
-        """Turn redis-py's errors into afterwork's, naming the server without its password."""
+        """Turn connection and server errors into afterwork's, naming the server without
+        its password."""
         try:
             yield
         except BrokerError:
@@ -185,7 +248,7 @@ class RedisConnection:
             raise BrokerConnectionError(
                 f"lost the connection to Redis at {redact(self.url)} while {action}: {exc}"
             ) from exc
-        except RedisError as exc:
+        except (RedisError, ReplyError) as exc:
             raise BrokerError(f"Redis at {redact(self.url)} failed while {action}: {exc}") from exc
 
     async def pipeline(
@@ -196,31 +259,89 @@ class RedisConnection:
         A cluster pipeline runs each node's part in parallel, so there ``then``
         (wake-ups) waits for the commands, or a worker could wake before its job exists.
         """
-        client = await self.client()
         if self.cluster:
-            results = await self.send(client, commands)
+            results = await self.send(commands)
         else:
-            results = (await self.send(client, [*commands, *then]))[: len(commands)]
-        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            results = (await self.send([*commands, *then]))[: len(commands)]
+        refused = [i for i, r in enumerate(results) if _no_script(r)]
         if refused:  # the server lost its scripts (a restart): load them, send those again
-            await self._load_scripts(client)
-            again = await self.send(client, [commands[i] for i in refused])
+            await self._load_scripts()
+            again = await self.send([commands[i] for i in refused])
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
         if self.cluster or refused:
-            await self.send(client, then)
+            await self.send(then)
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
 
-    @staticmethod
-    async def send(client: Any, commands: Sequence[Command]) -> list[Any]:
-        """One round trip (none for no commands); errors come back as replies."""
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """One round trip (none for no commands); error replies come back as replies."""
         if not commands:
             return []
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+        if self.cluster:
+            pipe = (await self.client()).pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            return results
+        conn = await self._shared(await self._state())
+        return await conn.send(commands)
+
+    async def block(
+        self, command: Command, timeout: float, then: Sequence[Command] = ()
+    ) -> list[Any]:
+        """A blocking command (``BLPOP``) that may wait ``timeout`` seconds, and ``then``
+        right behind it, so Redis runs them the moment it returns: their replies.
+
+        On one server it holds a connection of its own while it blocks; one that is
+        cancelled meanwhile is closed, as its reply would come to nobody.
+        """
+        if self.cluster:
+            reply = await (await self.client()).execute_command(*command)
+            return [reply, *(await self.pipeline(then))]
+        state = await self._state()
+        while state.idle and state.idle[-1].closed:  # the server closed it while idle
+            state.idle.pop()
+        conn = state.idle.pop() if state.idle else await self._open()
+        try:
+            replies = await conn.send([command, *then], block=timeout)
+        except BaseException:
+            conn.close()
+            raise
+        if not conn.closed:
+            state.idle.append(conn)
+        for reply in replies[1:]:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def keys_matching(self, pattern: str) -> list[bytes]:
+        """Every key that matches ``pattern`` (``SCAN``, on every node of a cluster)."""
+        if self.cluster:
+            client = await self.client()
+            return [k async for k in client.scan_iter(match=pattern, count=1000)]
+        found: list[bytes] = []
+        cursor = b"0"
+        while True:
+            [(cursor, keys)] = await self.pipeline(
+                [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)]
+            )
+            found += keys
+            if int(cursor) == 0:
+                return found
+
+
+class RedisRefused(Exception):
+    """The server refused the greeting (a wrong password, a database it does not have)."""
+
+
+def _no_script(reply: Any) -> bool:
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -146,10 +146,13 @@ class RedisReadSide:
     async def workers(self, alive_within: float) -> list[WorkerInfo]:
         cutoff = repr(self.clock.now() - alive_within)
         with self._redis.errors("listing workers"):
-            client = await self._redis.client()
-            ids = await client.zrangebyscore(f"{self._global}workers", cutoff, "+inf")
+            [ids] = await self._redis.pipeline(
+                [("ZRANGEBYSCORE", f"{self._global}workers", cutoff, "+inf")]
+            )
             if not ids:
                 return []
-            infos = await client.mget([f"{self._global}worker:{i.decode()}" for i in ids])
+            [infos] = await self._redis.pipeline(
+                [("MGET", *[f"{self._global}worker:{i.decode()}" for i in ids])]
+            )
         found = [_worker_decoder.decode(i) for i in infos if i is not None]
         return sorted(found, key=lambda w: w.id)

@@ -1,0 +1,146 @@
+"""afterwork's own Redis connection: URL options, sharing one connection among many
+coroutines, blocking commands on connections of their own, and a server that
+stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from records import job
+from redis_servers import free_port
+from services import require_service
+
+from afterwork.brokers import create_broker
+from afterwork.brokers.redis import RedisBroker
+from afterwork.brokers.redis_connection import RedisConnection
+from afterwork.brokers.redis_wire import Address, WireConnection
+from afterwork.clock import ManualClock
+from afterwork.errors import BrokerConnectionError, InvalidURL
+
+SERVER = os.environ.get("AFTERWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15").split("?")[0]
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[RedisBroker]:
+    require_service("Redis", SERVER)
+    made = create_broker(f"{SERVER}?prefix=t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    assert isinstance(made, RedisBroker)
+    await made.connect()
+    yield made
+    await made.delete_all()
+    await made.close()
+
+
+def test_an_unknown_url_option_is_refused_by_name_without_the_password():
+    with pytest.raises(InvalidURL, match="unknown option retry_on_timeout") as raised:
+        create_broker(
+            f"redis://:{SECRET}@localhost:6379/0?retry_on_timeout=yes", clock=ManualClock()
+        )
+
+    assert SECRET not in str(raised.value)
+    assert "socket_timeout" in str(raised.value)  # names what it does take
+
+
+def test_the_url_sets_the_database_the_timeouts_and_tls():
+    address = Address.from_url(
+        "rediss://user:pw@cache.example.com:6380/2?socket_timeout=4&ssl_cert_reqs=none",
+        connect_timeout=5.0,
+        timeout=30.0,
+    )
+
+    assert (address.host, address.port, address.db) == ("cache.example.com", 6380, 2)
+    assert (address.username, address.password, address.timeout) == ("user", "pw", 4.0)
+    assert address.tls is not None
+    assert not address.tls.check_hostname
+
+
+async def test_round_trips_from_many_coroutines_share_one_connection_and_get_their_own_replies(
+    broker: RedisBroker,
+):
+    await broker.enqueue([job(f"j{i:03}", broker.clock, timeout=float(i + 1)) for i in range(200)])
+
+    found = await asyncio.gather(*(broker.get(f"j{i:03}") for i in range(200)))
+
+    assert [(r.id, r.timeout) for r in found if r] == [(f"j{i:03}", i + 1.0) for i in range(200)]
+    [(state, _)] = broker._redis._loops.values()
+    assert state.conn is not None
+    assert not state.conn.closed
+    assert not state.idle
+
+
+async def test_a_blocking_wait_cut_short_closes_its_connection_and_the_next_one_works(
+    broker: RedisBroker,
+):
+    waiting = asyncio.create_task(broker.reserve(["default"], 1, worker="w1", lease=30, block=30))
+    await _until_a_client_blocks(broker._redis)
+
+    broker.wake()
+    assert await asyncio.wait_for(waiting, 5) == []
+
+    await broker.enqueue([job("j1", broker.clock)])
+    claimed = await broker.reserve(["default"], 1, worker="w1", lease=30, block=5)
+    assert [j.id for j in claimed] == ["j1"]
+
+
+async def _until_a_client_blocks(connection: RedisConnection) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        [clients] = await connection.send([("CLIENT", "LIST")])
+        if b"cmd=blpop" in clients:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no BLPOP within 5 s")
+
+
+async def test_a_server_that_stops_answering_is_given_up_after_the_socket_timeout():
+    """A listener that accepts and reads but never replies: the watchdog closes it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", free_port()))
+    listener.listen()
+    port = listener.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    accepted: list[socket.socket] = []
+    listener.setblocking(False)
+    server = loop.create_task(_accept_forever(listener, accepted))
+    broker = create_broker(
+        f"redis://:{SECRET}@127.0.0.1:{port}/0?socket_timeout=1", clock=ManualClock()
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokerConnectionError) as raised:
+            await broker.connect()
+        assert time.monotonic() - started < 5
+        assert SECRET not in str(raised.value)
+    finally:
+        server.cancel()
+        for sock in [listener, *accepted]:
+            sock.close()
+        await broker.close()
+
+
+async def _accept_forever(listener: socket.socket, accepted: list[socket.socket]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        sock, _ = await loop.sock_accept(listener)
+        accepted.append(sock)
+
+
+async def test_a_reply_for_nobody_closes_the_connection_and_fails_what_waits():
+    require_service("Redis", SERVER)
+    address = Address.from_url(SERVER, connect_timeout=5.0, timeout=30.0)
+    connection = await WireConnection.open(address)
+    try:
+        asked = connection.send([("PING",)])
+        connection.data_received(b"+PONG\r\n")  # a reply nobody asked for, after ours
+        connection.data_received(b"+PONG\r\n")
+        assert await asked == [b"PONG"]
+        assert connection.closed
+    finally:
+        connection.close()
