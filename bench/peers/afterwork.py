@@ -2,8 +2,7 @@
 
 Worker: ``afterwork worker peers.afterwork:jobs --concurrency 10 --log-level warning``,
 run in-process through the CLI's own entry point so round trips can be counted
-(``BENCH_COUNTS``): every redis-py call and pipeline is tallied under the broker
-method it serves (enqueue, claim, wait, settle, upkeep).
+(``BENCH_COUNTS``): every round trip is tallied under the broker method it serves (enqueue, claim, wait, settle, upkeep).
 """
 
 from __future__ import annotations
@@ -34,27 +33,36 @@ _counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
 def count_round_trips() -> None:
     """Tally round trips and the commands in them per broker method."""
-    from redis.asyncio.client import Pipeline, Redis
-
     from afterwork.brokers.redis import RedisBroker
+    from afterwork.brokers.redis_connection import RedisConnection
 
-    execute, execute_command = Pipeline.execute, Redis.execute_command
+    send, block = RedisConnection.send, RedisConnection.block
 
-    async def pipeline_execute(self: Any, raise_on_error: bool = True) -> Any:
-        if self.command_stack:
+    async def counted_send(self: Any, commands: Any) -> Any:
+        if commands:
             entry = _counts[_tag.get()]
             entry[0] += 1
-            entry[1] += len(self.command_stack)
-        return await execute(self, raise_on_error)
+            entry[1] += len(commands)
+        return await send(self, commands)
 
-    async def single(self: Any, *args: Any, **options: Any) -> Any:
+    async def counted_block(self: Any, command: Any, timeout: float, then: Any = ()) -> Any:
         entry = _counts[_tag.get()]
         entry[0] += 1
-        entry[1] += 1
-        return await execute_command(self, *args, **options)
+        entry[1] += 1 + len(then)
+        return await block(self, command, timeout, then)
 
-    Pipeline.execute = pipeline_execute  # type: ignore[method-assign]
-    Redis.execute_command = single  # type: ignore[method-assign]
+    stream = RedisConnection._send_as_built
+
+    async def counted_stream(self: Any, commands: Any, then: Any) -> Any:
+        sent, results = await stream(self, commands, then)
+        entry = _counts[_tag.get()]
+        entry[0] += 1  # written as built, read back together: one round trip
+        entry[1] += len(sent) + len(then)
+        return sent, results
+
+    RedisConnection.send = counted_send  # type: ignore[method-assign]
+    RedisConnection._send_as_built = counted_stream  # type: ignore[method-assign]
+    RedisConnection.block = counted_block  # type: ignore[method-assign]
 
     def tagged(method: str, tag: str, jobs_of: Any = None) -> None:
         original = getattr(RedisBroker, method)

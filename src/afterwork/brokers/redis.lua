@@ -17,10 +17,11 @@
 --   {P:Q}:failed        zset    job id -> finished_at: the dead-letter queue
 --   {P:Q}:expiry        zset    job id -> expires_at, for every finished job;
 --                               recover() deletes what is due
---   {P:Q}:job:<id>      hash    the job: one field per JobRecord field, a field
---                               absent when its value is None; times are the
---                               caller's clock readings as sent, so they read back
---                               exactly. Gets PEXPIRE (its TTL plus a grace) when
+--   {P:Q}:job:<id>      hash    the job: a field per JobRecord field that a script
+--                               reads or changes, absent when None; the fields no
+--                               script reads, packed in one (spec); see
+--                               redis_codec.py. Times are the caller's clock
+--                               readings as sent, so they read back exactly. Gets PEXPIRE (its TTL plus a grace) when
 --                               it finishes, in case recover() never runs.
 --   {P:Q}:unique:<key>  string  the id of the active job that holds a unique key
 --   {P:Q}:waiters:<id>  string  how many wait() calls want to hear of the job's end
@@ -157,7 +158,7 @@ end
 -- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
 -- 'scheduled' | 'retrying'), score (the ready score, or the run time), n, then n
 -- field, value arguments (the job's text and number fields), payload,
--- has_result, result. Returns {1} when stored; {0, fields} of the job that
+-- has_result, result. Returns 1 when stored; {0, id, fields} of the job that
 -- stands instead (the one already stored under this id, or the active job
 -- holding the unique key); or {2}: the id is a job of another queue (found
 -- through the per-job index, written here on a single server). The second
@@ -171,7 +172,7 @@ local function store(i)
   -- On a single server a new index entry proves the id new; only without one
   -- (a cluster), or before a unique-key check, does it take a look.
   if (WHERE == '' or has_unique == '1') and redis.call('EXISTS', job) == 1 then
-    return {0, redis.call('HGETALL', job)}, next_job
+    return {0, id, redis.call('HGETALL', job)}, next_job
   end
   local unique_key = false
   if has_unique == '1' then
@@ -181,13 +182,13 @@ local function store(i)
       local twin_job = job_key(twin)
       local status = redis.call('HGET', twin_job, 'status')
       if WAITING[status] or status == 'running' then
-        return {0, redis.call('HGETALL', twin_job)}, next_job
+        return {0, twin, redis.call('HGETALL', twin_job)}, next_job
       end
     end
   end
   if WHERE ~= '' and not redis.call('SET', WHERE .. id, QUEUE, 'NX') then
     if redis.call('EXISTS', job) == 1 then
-      return {0, redis.call('HGETALL', job)}, next_job
+      return {0, id, redis.call('HGETALL', job)}, next_job
     end
     return {2}, next_job
   end
@@ -205,7 +206,7 @@ local function store(i)
     set = SCHEDULED
   end
   redis.call('ZADD', set, ARGV[i + 4], id)
-  return {1}, next_job
+  return 1, next_job
 end
 
 -- Wake idle workers for `count` new ready jobs (on a single server; on a cluster

@@ -35,10 +35,9 @@ Other query options go to redis-py (``ssl_cert_reqs``, ``socket_timeout``...).
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -65,8 +64,11 @@ WAKE_TOKENS = 64
 #: At most this many due delayed jobs move to ready per claim, and this many
 #: finished jobs or lost leases are handled per queue per recover().
 BATCH_MAX = 1000
-#: A batch is stored (or settled) by one script call per queue and this many jobs.
+#: A batch is settled by one script call per queue and this many jobs.
 SCRIPT_CHUNK = 500
+#: ... and stored by one per this many: smaller, so Redis can start on the first
+#: while the next is being built.
+ENQUEUE_CHUNK = 100
 #: A finished job's hash expires this long after its TTL, in case no worker runs
 #: recover() (which deletes it on time, by the broker's clock).
 EXPIRY_GRACE = 60.0
@@ -144,13 +146,11 @@ class RedisBroker(RedisReadSide, Broker):
         return found
 
     @staticmethod
-    def _decode(queue: QueueKeys, raw: Any, job_id: str | None = None) -> JobRecord | None:
+    def _decode(queue: QueueKeys, raw: Any, job_id: str) -> JobRecord | None:
         """A job hash (a dict, or a script's flat list) as a record; None if there is none."""
         fields = as_dict(raw)
         if not fields:
             return None
-        if job_id is None:
-            job_id = fields.get(b"id", b"?").decode(errors="replace")
         return decode_job(fields, job_id, queue.name)[0]
 
     # -- write side -------------------------------------------------------------------------
@@ -162,22 +162,16 @@ class RedisBroker(RedisReadSide, Broker):
         by_queue: dict[str, list[int]] = {}
         for n, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(n)
-        # One script call per queue and chunk, so no call keeps Redis busy for long.
+        # One script call per queue and chunk, so no call keeps Redis busy for long,
+        # and Redis stores one chunk while the next is being built.
         chunks = [
-            ns[i : i + SCRIPT_CHUNK]
+            ns[i : i + ENQUEUE_CHUNK]
             for ns in by_queue.values()
-            for i in range(0, len(ns), SCRIPT_CHUNK)
+            for i in range(0, len(ns), ENQUEUE_CHUNK)
         ]
-        commands = [
-            self._queue(jobs[ns[0]].queue).script(
-                "enqueue",
-                *self._placement(jobs[ns[0]].queue),
-                *(a for n in ns for a in _store_args(jobs[n], now)),
-            )
-            for ns in chunks
-        ]
+        commands: Iterable[tuple[Any, ...]] = (self._enqueue_call(jobs, ns, now) for ns in chunks)
         if self.cluster:  # the index and wake lists are in other slots: written beside
-            commands += [("SET", self._where(job.id), job.queue, "NX") for job in jobs]
+            commands = [*commands, *[("SET", self._where(j.id), j.queue, "NX") for j in jobs]]
         then, queues = self._announce(jobs)
         with self._redis.errors("enqueueing jobs"):
             replies = await self._redis.pipeline(commands, then)
@@ -187,6 +181,15 @@ class RedisBroker(RedisReadSide, Broker):
                 for n, reply in zip(ns, per_job, strict=True):
                     stored[n] = reply
             return await self._stored(jobs, stored, replies[len(chunks) :] or None)
+
+    def _enqueue_call(
+        self, jobs: Sequence[JobRecord], ns: Sequence[int], now: float
+    ) -> tuple[Any, ...]:
+        queue = jobs[ns[0]].queue
+        args: list[Any] = [*self._placement(queue)]
+        for n in ns:
+            args += _store_args(jobs[n], now)
+        return self._queue(queue).script("enqueue", *args)
 
     def _placement(self, queue: str) -> tuple[str, str, str]:
         """enqueue's and claim_fire's first arguments: on a single server the script
@@ -272,34 +275,41 @@ class RedisBroker(RedisReadSide, Broker):
     async def _stored(
         self, jobs: Sequence[JobRecord], replies: Sequence[Any], indexed: Sequence[Any] | None
     ) -> list[JobRecord]:
-        """What enqueue stored for each job, from store()'s replies and (on a cluster)
-        whether its index entry was written, mending the per-job index where it must."""
+        """What enqueue stored for each job, from store()'s replies and (on a cluster,
+        ``indexed``) whether its index entry was written, mending the index where it must.
+
+        A stored job is returned as given: this broker keeps no record objects.
+        """
+        if indexed is None:  # a single server: the script kept the index
+            if all(reply == 1 for reply in replies):
+                return list(jobs)
+            indexed = [False] * len(jobs)
         stored: list[JobRecord] = []
         orphans: list[tuple[Any, ...]] = []
-        if indexed is None:  # the script kept the index (a single server)
-            indexed = [True] * len(jobs)
         for job, reply, new_index in zip(jobs, replies, indexed, strict=True):
             queue = self._queue(job.queue)
-            if reply[0] == 2:  # the id is a job of another queue: that one stands
-                twin = await self.get(job.id)
-                stored.append(twin if twin is not None else copy.copy(job))
-                continue
-            if reply[0] == 1:
-                if not new_index and (await self._locate([job.id])).get(job.id) is not queue:
+            if reply == 1:
+                if self.cluster and not new_index and await self._elsewhere(job, queue):
                     # This id is already a job in another queue: that one stands.
                     await self._redis.pipeline([queue.script("discard", job.id)])
                     twin = await self.get(job.id)
-                    stored.append(twin if twin is not None else copy.copy(job))
+                    stored.append(twin if twin is not None else job)
                 else:
-                    stored.append(copy.copy(job))
-                continue
-            twin = self._decode(queue, reply[1])
-            assert twin is not None
-            if new_index and twin.id != job.id:  # not stored: its index entry must go
-                orphans.append(("DEL", self._where(job.id)))
-            stored.append(twin)
+                    stored.append(job)
+            elif reply[0] == 2:  # the id is a job of another queue: that one stands
+                twin = await self.get(job.id)
+                stored.append(twin if twin is not None else job)
+            else:
+                twin = self._decode(queue, reply[2], reply[1].decode())
+                assert twin is not None
+                if new_index and twin.id != job.id:  # not stored: its index entry must go
+                    orphans.append(("DEL", self._where(job.id)))
+                stored.append(twin)
         await self._redis.pipeline(orphans)
         return stored
+
+    async def _elsewhere(self, job: JobRecord, queue: QueueKeys) -> bool:
+        return (await self._locate([job.id])).get(job.id) is not queue
 
     async def reserve(
         self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0

@@ -1,8 +1,13 @@
 """How a :class:`JobRecord` is stored as a Redis hash, and read back whatever it holds.
 
-One field per record field, absent when the value is None, so scripts can read
-and change single fields. Floats are written as ``repr`` (the shortest text
-that reads back as the same float), so times round-trip exactly.
+The fields the scripts read or change (status, run time, priority, attempts,
+lease, result TTL, unique key...) are fields of their own, absent when None.
+Those no script looks at and that never change after enqueue (task, enqueued
+at, attempts allowed, timeout) travel as one MessagePack field, ``spec``: one
+argument to pack and one field to write instead of four, and one msgspec call
+to read them back. Id and queue are in the key. Floats are written as ``repr``
+(the shortest text that reads back as the same float), so times round-trip
+exactly.
 
 Reading never raises: a hash whose fields do not decode (written by hand, or
 by a broken client) comes back as the best record that can be made of it and a
@@ -22,30 +27,36 @@ from ..job import ErrorInfo, JobRecord, JobStatus
 
 _error_encoder = msgspec.json.Encoder()
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
+_spec_encoder = msgspec.msgpack.Encoder()
+#: task, enqueued_at, max_attempts, timeout
+Spec = tuple[str, float, int, float | None]
+_spec_decoder = msgspec.msgpack.Decoder(Spec)
 
 
 def encode_job(job: JobRecord) -> list[Any]:
-    """The record's text and number fields as hash field, value pairs (flat), without
-    those that are None; the binary ones (payload, result) are sent apart."""
+    """The record as hash field, value pairs (flat), without those that are None or
+    zero by default; the binary ones (payload, result) are sent apart."""
+    spec = _spec_encoder.encode((job.task, job.enqueued_at, job.max_attempts, job.timeout))
     fields: list[Any] = [
-        "id", job.id, "task", job.task, "queue", job.queue, "priority", job.priority,
-        "status", str(job.status), "run_at", repr(job.run_at),
-        "enqueued_at", repr(job.enqueued_at), "max_attempts", job.max_attempts,
-        "result_ttl", repr(job.result_ttl), "attempts", job.attempts,
+        "spec", spec, "status", job.status.value, "run_at", repr(job.run_at),
+        "priority", job.priority, "result_ttl", repr(job.result_ttl),
     ]  # fmt: skip
-    optional = (
-        ("timeout", job.timeout),
-        ("started_at", job.started_at),
-        ("finished_at", job.finished_at),
-        ("lease_until", job.lease_until),
-        ("expires_at", job.expires_at),
-    )
-    for name, value in optional:
-        if value is not None:
-            fields += [name, repr(value)]
-    for name, label in (("unique_key", job.unique_key), ("worker", job.worker)):
-        if label is not None:
-            fields += [name, label]
+    # One test each, not a loop over pairs: a new job has none of these, and this runs
+    # for every job of every batch.
+    if job.attempts:
+        fields += ["attempts", job.attempts]
+    if job.unique_key is not None:
+        fields += ["unique_key", job.unique_key]
+    if job.started_at is not None:
+        fields += ["started_at", repr(job.started_at)]
+    if job.finished_at is not None:
+        fields += ["finished_at", repr(job.finished_at)]
+    if job.worker is not None:
+        fields += ["worker", job.worker]
+    if job.lease_until is not None:
+        fields += ["lease_until", repr(job.lease_until)]
+    if job.expires_at is not None:
+        fields += ["expires_at", repr(job.expires_at)]
     if job.cancel_requested:
         fields += ["cancel_requested", "1"]
     if job.error is not None:
@@ -85,17 +96,18 @@ def _bytes(raw: bytes) -> bytes:
     return raw
 
 
+def _spec(raw: bytes) -> Spec:
+    return _spec_decoder.decode(raw)
+
+
 # field -> (parser, the value a hash without a readable field gets, whether it must be there)
 _FIELDS: dict[str, tuple[Callable[[bytes], Any], Any, bool]] = {
-    "task": (_text, "?", True),
+    "spec": (_spec, ("?", 0.0, 1, None), True),
     "priority": (int, 0, True),
     "payload": (_bytes, b"", True),
     "status": (_status, JobStatus.QUEUED, True),
     "run_at": (_float, 0.0, True),
-    "enqueued_at": (_float, 0.0, True),
-    "max_attempts": (int, 1, True),
     "result_ttl": (_float, DEFAULT_RESULT_TTL, True),
-    "timeout": (_float, None, False),
     "attempts": (int, 0, False),
     "unique_key": (_text, None, False),
     "started_at": (_float, None, False),
@@ -107,7 +119,7 @@ _FIELDS: dict[str, tuple[Callable[[bytes], Any], Any, bool]] = {
     "error": (_error_decoder.decode, None, False),
     "expires_at": (_float, None, False),
 }
-_KNOWN = {name.encode() for name in (*_FIELDS, "id", "queue")}
+_KNOWN = {name.encode() for name in _FIELDS}
 
 
 _STATUSES = {str(status).encode(): status for status in JobStatus}
@@ -123,18 +135,19 @@ def decode_job(fields: dict[bytes, bytes], job_id: str, queue: str) -> tuple[Job
         if not fields.keys() <= _KNOWN:
             raise ValueError("unknown fields")
         get = fields.get
+        task, enqueued_at, max_attempts, timeout = _spec_decoder.decode(fields[b"spec"])
         record = JobRecord(
             id=job_id,
-            task=fields[b"task"].decode(),
+            task=task,
             queue=queue,
             priority=int(fields[b"priority"]),
             payload=fields[b"payload"],
             status=_STATUSES[fields[b"status"]],
             run_at=_float(fields[b"run_at"]),
-            enqueued_at=_float(fields[b"enqueued_at"]),
-            max_attempts=int(fields[b"max_attempts"]),
+            enqueued_at=enqueued_at,
+            max_attempts=max_attempts,
             result_ttl=_float(fields[b"result_ttl"]),
-            timeout=_optional(get(b"timeout"), _float),
+            timeout=timeout,
             attempts=int(get(b"attempts", b"0")),
             unique_key=_optional(get(b"unique_key"), _text),
             started_at=_optional(get(b"started_at"), _float),
@@ -171,5 +184,14 @@ def _decode_leniently(
     unknown = sorted(k.decode(errors="replace") for k in fields if k not in _KNOWN)
     if unknown:
         problems.append(f"unknown fields {', '.join(unknown)}")
-    record = JobRecord(id=job_id, queue=queue, **values)
+    task, enqueued_at, max_attempts, timeout = values.pop("spec")
+    record = JobRecord(
+        id=job_id,
+        queue=queue,
+        task=task,
+        enqueued_at=enqueued_at,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        **values,
+    )
     return record, "; ".join(problems) or None

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -252,17 +252,23 @@ class RedisConnection:
             raise BrokerError(f"Redis at {redact(self.url)} failed while {action}: {exc}") from exc
 
     async def pipeline(
-        self, commands: Sequence[Command], then: Sequence[Command] = ()
+        self, commands: Iterable[Command], then: Sequence[Command] = ()
     ) -> list[Any]:
         """Run ``commands`` and then ``then`` in one round trip; return the commands' replies.
 
+        ``commands`` given as an iterator (not a sequence) are written one by one as
+        they are built, so Redis runs the first while the next is being made:
+        big script calls cost the time of the slower side, not of both.
         A cluster pipeline runs each node's part in parallel, so there ``then``
         (wake-ups) waits for the commands, or a worker could wake before its job exists.
         """
         if self.cluster:
+            commands = list(commands)
             results = await self.send(commands)
-        else:
+        elif isinstance(commands, Sequence):
             results = (await self.send([*commands, *then]))[: len(commands)]
+        else:
+            commands, results = await self._send_as_built(commands, then)
         refused = [i for i, r in enumerate(results) if _no_script(r)]
         if refused:  # the server lost its scripts (a restart): load them, send those again
             await self._load_scripts()
@@ -275,6 +281,27 @@ class RedisConnection:
             if isinstance(result, Exception):
                 raise result
         return results
+
+    async def _send_as_built(
+        self, commands: Iterable[Command], then: Sequence[Command]
+    ) -> tuple[list[Command], list[Any]]:
+        conn = await self._shared(await self._state())
+        sent: list[Command] = []
+        replies: list[asyncio.Future[list[Any]]] = []
+        for command in commands:
+            sent.append(command)
+            replies.append(conn.send((command,)))
+        replies.append(conn.send(then))
+        results: list[Any] = []
+        failure: BaseException | None = None
+        for reply in replies:  # every one awaited, so none is left unretrieved
+            try:
+                results += await reply
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return sent, results[: len(sent)]
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """One round trip (none for no commands); error replies come back as replies."""

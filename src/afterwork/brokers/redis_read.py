@@ -39,7 +39,7 @@ class RedisReadSide:
         raise NotImplementedError
 
     @staticmethod
-    def _decode(queue: QueueKeys, raw: Any, job_id: str | None = None) -> JobRecord | None:
+    def _decode(queue: QueueKeys, raw: Any, job_id: str) -> JobRecord | None:
         raise NotImplementedError
 
     async def list_jobs(
