@@ -30,7 +30,7 @@ _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _spec_encoder = msgspec.msgpack.Encoder()
 #: task, enqueued_at, max_attempts, timeout
 Spec = tuple[str, float, int, float | None]
-_spec_decoder = msgspec.msgpack.Decoder(Spec)
+_spec_decoder: msgspec.msgpack.Decoder[Spec] = msgspec.msgpack.Decoder(Spec)
 
 
 def encode_job(job: JobRecord) -> list[Any]:
@@ -97,7 +97,8 @@ def _bytes(raw: bytes) -> bytes:
 
 
 def _spec(raw: bytes) -> Spec:
-    return _spec_decoder.decode(raw)
+    spec: Spec = _spec_decoder.decode(raw)
+    return spec
 
 
 # field -> (parser, the value a hash without a readable field gets, whether it must be there)
