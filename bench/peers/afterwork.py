@@ -2,7 +2,8 @@
 
 Worker: ``afterwork worker peers.afterwork:jobs --concurrency 10 --log-level warning``,
 run in-process through the CLI's own entry point so round trips can be counted
-(``BENCH_COUNTS``): every round trip is tallied under the broker method it serves (enqueue, claim, wait, settle, upkeep).
+(``BENCH_COUNTS``): every round trip is tallied under the broker method it
+serves (enqueue, claim, wait, settle, upkeep).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@
 --
 -- Keys outside any queue. On a cluster they are in other slots, so no script
 -- touches them: the broker writes them in the same pipeline as the script calls.
--- On a single server, where every key is in reach, enqueue and claim_fire write a
--- new job's index entry and wake token themselves, so an enqueue is one command.
+-- On a single server, where every key is in reach, enqueue and claim_fire push
+-- the wake tokens themselves, so an enqueue is one command.
 --
 --   {P}:queues          set     every queue name used, for the read side and recover()
 --   {P}:wake:<Q>        list    wake-up tokens, trimmed to 64: whatever makes a job
@@ -44,12 +44,10 @@
 --   {P}:schedules       hash    schedule name -> the queue whose slot holds its state
 --   {P}:workers         zset    worker id -> last_seen
 --   {P}:worker:<id>     string  the worker's WorkerInfo as JSON, expiring
---   P:where:<id>        string  the queue of a job, so get(id) can find its keys;
---                               no hash tag, so these spread over the cluster
 --
 -- Calling convention: KEYS are the per-queue sets in the order listed (ready,
 -- scheduled, retrying, running, succeeded, cancelled, failed, expiry), as many as
--- the script uses (enqueue, claim_fire, discard three; claim, extend four), and
+-- the script uses (enqueue, claim_fire three; claim, extend four), and
 -- ARGV[1] is "{P:Q}:", from which per-job key names are built; those share the
 -- queue's hash tag, so they are in the same slot as the declared keys.
 --
@@ -64,9 +62,9 @@ local READY, SCHEDULED, RETRYING, RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local FINISHED = {succeeded = KEYS[5], cancelled = KEYS[6], failed = KEYS[7]}
 local EXPIRY = KEYS[8]
 local BASE = ARGV[1]
--- enqueue and claim_fire only: on a single server, the per-job index prefix
--- ("P:where:"), the queue's wake list and the queue's name; '' on a cluster.
-local WHERE, WAKE, QUEUE = ARGV[2], ARGV[3], ARGV[4]
+-- enqueue and claim_fire only: on a single server, the queue's wake list; '' on
+-- a cluster.
+local WAKE = ARGV[2]
 local WAITING = {queued = true, scheduled = true, retrying = true}
 local DONE = {succeeded = true, cancelled = true, failed = true}
 local MAX_WAKE_TOKENS = 64
@@ -158,20 +156,17 @@ end
 -- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
 -- 'scheduled' | 'retrying'), score (the ready score, or the run time), n, then n
 -- field, value arguments (the job's text and number fields), payload,
--- has_result, result. Returns 1 when stored; {0, id, fields} of the job that
--- stands instead (the one already stored under this id, or the active job
--- holding the unique key); or {2}: the id is a job of another queue (found
--- through the per-job index, written here on a single server). The second
--- value is where the next job's arguments start.
+-- has_result, result. Returns 1 when stored, or {0, id, fields} of the job that
+-- stands instead: the one already stored under this id, or the active job
+-- holding the unique key. The second value is where the next job's arguments
+-- start.
 local function store(i)
   local id, has_unique, unique, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local first = i + 6
   local payload = first + tonumber(ARGV[i + 5])
   local next_job = payload + 3
   local job = job_key(id)
-  -- On a single server a new index entry proves the id new; only without one
-  -- (a cluster), or before a unique-key check, does it take a look.
-  if (WHERE == '' or has_unique == '1') and redis.call('EXISTS', job) == 1 then
+  if redis.call('EXISTS', job) == 1 then
     return {0, id, redis.call('HGETALL', job)}, next_job
   end
   local unique_key = false
@@ -185,12 +180,6 @@ local function store(i)
         return {0, twin, redis.call('HGETALL', twin_job)}, next_job
       end
     end
-  end
-  if WHERE ~= '' and not redis.call('SET', WHERE .. id, QUEUE, 'NX') then
-    if redis.call('EXISTS', job) == 1 then
-      return {0, id, redis.call('HGETALL', job)}, next_job
-    end
-    return {2}, next_job
   end
   if unique_key then
     redis.call('SET', unique_key, id)
@@ -224,10 +213,10 @@ local function wake(count)
 end
 
 -- name: enqueue
--- ARGV: base, where, wake, queue, then what store() takes for each job. Returns
--- store's reply for each.
+-- ARGV: base, wake, then what store() takes for each job. Returns store's reply
+-- for each.
 local replies = {}
-local i = 5
+local i = 3
 while i <= #ARGV do
   replies[#replies + 1], i = store(i)
 end
@@ -235,21 +224,21 @@ wake(#replies)
 return replies
 
 -- name: claim_fire
--- ARGV: base, where, wake, queue, schedule name, fire_at, has_job, then (with a
--- job) what store() takes. Records the fire unless one at or after fire_at is
+-- ARGV: base, wake, schedule name, fire_at, has_job, then (with a job) what
+-- store() takes. Records the fire unless one at or after fire_at is
 -- recorded, and stores its job in the same step. Returns {0} if another
 -- scheduler won, {1} or {1, store's reply}.
-local key = BASE .. 'schedule:' .. ARGV[5]
+local key = BASE .. 'schedule:' .. ARGV[3]
 local last = tonumber(redis.call('HGET', key, 'last_fire'))
-if last and last >= tonumber(ARGV[6]) then
+if last and last >= tonumber(ARGV[4]) then
   return {0}
 end
-redis.call('HSET', key, 'last_fire', ARGV[6])
-if ARGV[7] ~= '1' then
+redis.call('HSET', key, 'last_fire', ARGV[4])
+if ARGV[5] ~= '1' then
   return {1}
 end
-redis.call('HSET', key, 'last_job', ARGV[8])
-local reply = store(8)
+redis.call('HSET', key, 'last_job', ARGV[6])
+local reply = store(6)
 wake(1)
 return {1, reply}
 
@@ -373,11 +362,10 @@ return applied
 
 -- name: recover
 -- ARGV: base, now, max.
--- Deletes finished jobs whose time is up; returns {deleted ids, {id, fields} of
--- jobs whose lease expired}. The broker decides what each lost lease means (by the
--- rule every broker shares) and applies it with lease_lost.
+-- Deletes finished jobs whose time is up; returns {id, fields} of each job whose
+-- lease expired. The broker decides what each lost lease means (by the rule every
+-- broker shares) and applies it with lease_lost.
 local now_text, max = ARGV[2], ARGV[3]
-local deleted = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT', 0, max)) do
   local job = job_key(id)
   local status = redis.call('HGET', job, 'status')
@@ -387,14 +375,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT
     redis.call('ZREM', FINISHED.succeeded, id)
     redis.call('ZREM', FINISHED.cancelled, id)
     redis.call('ZREM', FINISHED.failed, id)
-    deleted[#deleted + 1] = id
   end
 end
 local lost = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', RUNNING, '-inf', now_text, 'LIMIT', 0, max)) do
   lost[#lost + 1] = {id, redis.call('HGETALL', job_key(id))}
 end
-return {deleted, lost}
+return lost
 
 -- name: lease_lost
 -- ARGV: base, id, now, status ('queued' | 'failed' | 'cancelled'), error, dead_letter_ttl, grace.
@@ -475,16 +462,4 @@ end
 redis.call('DEL', job)
 redis.call('ZREM', FINISHED.failed, id)
 redis.call('ZREM', EXPIRY, id)
-return 1
-
--- name: discard
--- ARGV: base, id. Removes a job this broker stored a moment ago under an id that
--- turned out to belong to a job in another queue (a producer sending it twice).
-local id = ARGV[2]
-local job = job_key(id)
-release_unique(id, job)
-redis.call('ZREM', READY, id)
-redis.call('ZREM', SCHEDULED, id)
-redis.call('ZREM', RETRYING, id)
-redis.call('DEL', job)
 return 1

@@ -21,15 +21,21 @@ Why this shape:
 * ``wait()`` (``job.result()``) registers interest and blocks on a per-job
   list the finishing script pushes to, so a result arrives across processes
   at once without polling.
+* No per-job index: a job's key names its queue, and a process finds the
+  queue of a job it did not enqueue or claim itself by asking every queue in
+  one round trip. A job costs Redis three writes (its hash, its place in a
+  sorted set, and nothing else), so memory and work per job stay small.
 * Cluster-ready: a queue's keys share the hash tag ``{prefix:queue}``; the
-  per-job index that lets ``get(id)`` find a job's queue, the registry, the
-  workers and the wake lists live elsewhere and are written by plain commands
-  beside the scripts, never inside them. A unique key is therefore unique
-  per queue on Redis (SQLite and memory check it across queues).
+  registry, the workers and the wake lists live elsewhere, and on a cluster
+  are written by plain commands beside the scripts, never inside them. A job
+  id and a unique key are therefore unique per queue on Redis (SQLite and
+  memory check them across queues); the ids afterwork makes never meet.
 
 Options in the URL: ``?prefix=myapp`` (several apps on one Redis; letters,
 digits, ``_.-``) and ``?cluster=yes`` (a Redis Cluster, any node's address).
-Other query options go to redis-py (``ssl_cert_reqs``, ``socket_timeout``...).
+and the connection's: ``socket_timeout``, ``socket_connect_timeout``,
+``client_name`` and, for ``rediss://``, ``ssl_cert_reqs``, ``ssl_ca_certs``,
+``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
 """
 
 from __future__ import annotations
@@ -76,9 +82,10 @@ EXPIRY_GRACE = 60.0
 REGISTER_EVERY = 60.0
 #: Blocking reads are cut into pieces no longer than this, well inside the socket timeout.
 BLOCK_CHUNK = 10.0
-#: Jobs this broker handed out, remembered with their queue so settle and extend
-#: need no look-up; forgotten when settled, and all of them past this many.
-_HANDED_OUT_MAX = 100_000
+#: Jobs this broker enqueued or claimed, remembered with their queue so settle,
+#: extend and a handle's calls need no look-up; forgotten when settled, and all
+#: of them past this many.
+_SEEN_MAX = 100_000
 
 _error_encoder = msgspec.json.Encoder()
 
@@ -104,7 +111,7 @@ class RedisBroker(RedisReadSide, Broker):
         self._global = f"{{{self.prefix}}}:"
         self._queues: dict[str, QueueKeys] = {}
         self._registered: dict[str, float] = {}  # queue -> when to add it to the registry again
-        self._handed_out: dict[str, str] = {}
+        self._seen: dict[str, str] = {}
 
     async def connect(self) -> None:
         await self._redis.connect()
@@ -120,9 +127,6 @@ class RedisBroker(RedisReadSide, Broker):
             queue = self._queues[name] = QueueKeys(self.prefix, name)
         return queue
 
-    def _where(self, job_id: str) -> str:
-        return f"{self.prefix}:where:{job_id}"
-
     def _wake(self, counts: dict[str, int]) -> list[tuple[Any, ...]]:
         commands: list[tuple[Any, ...]] = []
         for queue, count in counts.items():
@@ -136,13 +140,38 @@ class RedisBroker(RedisReadSide, Broker):
         return [self._queue(n.decode()) for n in sorted(names)]
 
     async def _locate(self, job_ids: Sequence[str]) -> dict[str, QueueKeys]:
-        """The queues of jobs: from those this broker handed out, else the per-job index."""
-        found = {i: self._queue(q) for i in job_ids if (q := self._handed_out.get(i))}
+        """The queues of jobs: known if this broker enqueued or claimed them, else asked
+        of every queue it knows, and (for those still not found) of every queue there is."""
+        found = {i: self._queue(q) for i in job_ids if (q := self._seen.get(i))}
         unknown = [i for i in dict.fromkeys(job_ids) if i not in found]
-        replies = await self._redis.pipeline([("GET", self._where(i)) for i in unknown])
-        found.update(
-            {i: self._queue(q.decode()) for i, q in zip(unknown, replies, strict=True) if q}
+        if not unknown:
+            return found
+        known = list(self._queues.values())
+        replies = await self._redis.pipeline(
+            [("SMEMBERS", f"{self._global}queues")]
+            + [("EXISTS", q.job(i)) for i in unknown for q in known]
         )
+        found.update(self._found(unknown, known, replies[1:]))
+        names = {q.name for q in known}
+        others = [self._queue(n.decode()) for n in sorted(replies[0]) if n.decode() not in names]
+        unknown = [i for i in unknown if i not in found]
+        if unknown and others:
+            replies = await self._redis.pipeline(
+                [("EXISTS", q.job(i)) for i in unknown for q in others]
+            )
+            found.update(self._found(unknown, others, replies))
+        return found
+
+    @staticmethod
+    def _found(
+        job_ids: Sequence[str], queues: Sequence[QueueKeys], exists: Sequence[int]
+    ) -> dict[str, QueueKeys]:
+        replies = iter(exists)
+        found: dict[str, QueueKeys] = {}
+        for job_id in job_ids:
+            for queue in queues:
+                if next(replies) and job_id not in found:
+                    found[job_id] = queue
         return found
 
     @staticmethod
@@ -170,33 +199,31 @@ class RedisBroker(RedisReadSide, Broker):
             for i in range(0, len(ns), ENQUEUE_CHUNK)
         ]
         commands: Iterable[tuple[Any, ...]] = (self._enqueue_call(jobs, ns, now) for ns in chunks)
-        if self.cluster:  # the index and wake lists are in other slots: written beside
-            commands = [*commands, *[("SET", self._where(j.id), j.queue, "NX") for j in jobs]]
+        if len(chunks) == 1:
+            commands = list(commands)
         then, queues = self._announce(jobs)
         with self._redis.errors("enqueueing jobs"):
             replies = await self._redis.pipeline(commands, then)
             self._registered_now(queues)
             stored: list[Any] = [None] * len(jobs)
-            for ns, per_job in zip(chunks, replies[: len(chunks)], strict=True):
+            for ns, per_job in zip(chunks, replies, strict=True):
                 for n, reply in zip(ns, per_job, strict=True):
                     stored[n] = reply
-            return await self._stored(jobs, stored, replies[len(chunks) :] or None)
+            return self._stored(jobs, stored)
 
     def _enqueue_call(
         self, jobs: Sequence[JobRecord], ns: Sequence[int], now: float
     ) -> tuple[Any, ...]:
         queue = jobs[ns[0]].queue
-        args: list[Any] = [*self._placement(queue)]
+        args: list[Any] = [self._wake_key(queue)]
         for n in ns:
             args += _store_args(jobs[n], now)
         return self._queue(queue).script("enqueue", *args)
 
-    def _placement(self, queue: str) -> tuple[str, str, str]:
-        """enqueue's and claim_fire's first arguments: on a single server the script
-        writes the per-job index and the wake tokens itself; on a cluster it cannot."""
-        if self.cluster:
-            return "", "", queue
-        return f"{self.prefix}:where:", f"{self._global}wake:{queue}", queue
+    def _wake_key(self, queue: str) -> str:
+        """enqueue's and claim_fire's first argument: on a single server the script
+        pushes the wake tokens itself; on a cluster the list is in another slot."""
+        return "" if self.cluster else f"{self._global}wake:{queue}"
 
     def _announce(self, jobs: Sequence[JobRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
         """Commands that wake workers for new jobs and add their queues to the registry,
@@ -229,25 +256,19 @@ class RedisBroker(RedisReadSide, Broker):
             else:
                 [known] = await self._redis.pipeline([("HGET", registry, schedule)])
                 queue = self._queue(known.decode() if known else DEFAULT_QUEUE)
-            args: tuple[Any, ...] = (*self._placement(queue.name), schedule, repr(fire_at), "0")
+            args: tuple[Any, ...] = (self._wake_key(queue.name), schedule, repr(fire_at), "0")
             if job is not None:
                 args = (*args[:-1], "1", *_store_args(job, self.clock.now()))
             then = [("HSET", registry, schedule, queue.name)]
-            commands = [queue.script("claim_fire", *args)]
             queues: list[str] = []
             if job is not None:
-                if self.cluster:
-                    commands.append(("SET", self._where(job.id), job.queue, "NX"))
                 announce, queues = self._announce([job])
                 then += announce
-            replies = await self._redis.pipeline(commands, then)
+            [reply] = await self._redis.pipeline([queue.script("claim_fire", *args)], then)
             self._registered_now(queues)
-            won = bool(replies[0][0] == 1)
-            indexed = replies[1:] or None
+            won = bool(reply[0] == 1)
             if job is not None and won:
-                await self._stored([job], [replies[0][1]], indexed)
-            elif job is not None and indexed and indexed[0]:  # lost: its index entry must go
-                await self._redis.pipeline([("DEL", self._where(job.id))])
+                self._stored([job], [reply[1]])
         return won
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
@@ -272,44 +293,21 @@ class RedisBroker(RedisReadSide, Broker):
                 )
         return states
 
-    async def _stored(
-        self, jobs: Sequence[JobRecord], replies: Sequence[Any], indexed: Sequence[Any] | None
-    ) -> list[JobRecord]:
-        """What enqueue stored for each job, from store()'s replies and (on a cluster,
-        ``indexed``) whether its index entry was written, mending the index where it must.
+    def _stored(self, jobs: Sequence[JobRecord], replies: Sequence[Any]) -> list[JobRecord]:
+        """What enqueue stored for each job, from store()'s replies.
 
         A stored job is returned as given: this broker keeps no record objects.
         """
-        if indexed is None:  # a single server: the script kept the index
-            if all(reply == 1 for reply in replies):
-                return list(jobs)
-            indexed = [False] * len(jobs)
         stored: list[JobRecord] = []
-        orphans: list[tuple[Any, ...]] = []
-        for job, reply, new_index in zip(jobs, replies, indexed, strict=True):
-            queue = self._queue(job.queue)
+        for job, reply in zip(jobs, replies, strict=True):
             if reply == 1:
-                if self.cluster and not new_index and await self._elsewhere(job, queue):
-                    # This id is already a job in another queue: that one stands.
-                    await self._redis.pipeline([queue.script("discard", job.id)])
-                    twin = await self.get(job.id)
-                    stored.append(twin if twin is not None else job)
-                else:
-                    stored.append(job)
-            elif reply[0] == 2:  # the id is a job of another queue: that one stands
-                twin = await self.get(job.id)
-                stored.append(twin if twin is not None else job)
+                self._remember(job.id, job.queue)
+                stored.append(job)
             else:
-                twin = self._decode(queue, reply[2], reply[1].decode())
+                twin = self._decode(self._queue(job.queue), reply[2], reply[1].decode())
                 assert twin is not None
-                if new_index and twin.id != job.id:  # not stored: its index entry must go
-                    orphans.append(("DEL", self._where(job.id)))
                 stored.append(twin)
-        await self._redis.pipeline(orphans)
         return stored
-
-    async def _elsewhere(self, job: JobRecord, queue: QueueKeys) -> bool:
-        return (await self._locate([job.id])).get(job.id) is not queue
 
     async def reserve(
         self, queues: Sequence[str], limit: int, *, worker: str, lease: float, block: float = 0
@@ -385,9 +383,9 @@ class RedisBroker(RedisReadSide, Broker):
         return claimed, next_due
 
     def _remember(self, job_id: str, queue: str) -> None:
-        if len(self._handed_out) >= _HANDED_OUT_MAX:
-            self._handed_out.clear()
-        self._handed_out[job_id] = queue
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[job_id] = queue
 
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
         if not job_ids:
@@ -434,7 +432,7 @@ class RedisBroker(RedisReadSide, Broker):
             ]
             await self._redis.pipeline(commands, self._wake(woken))
         for o in outcomes:
-            self._handed_out.pop(o.job_id, None)
+            self._seen.pop(o.job_id, None)
 
     async def recover(self) -> int:
         now = self.clock.now()
@@ -444,10 +442,8 @@ class RedisBroker(RedisReadSide, Broker):
                 [q.script("recover", repr(now), BATCH_MAX) for q in queues]
             )
             commands: list[tuple[Any, ...]] = []
-            cleanup: list[tuple[Any, ...]] = []
             woken: dict[str, int] = {}
-            for queue, (deleted, lost) in zip(queues, replies, strict=True):
-                cleanup += [("DEL", self._where(i.decode())) for i in deleted]
+            for queue, lost in zip(queues, replies, strict=True):
                 for raw_id, raw in lost:
                     job_id = raw_id.decode()
                     record = self._decode(queue, raw, job_id)
@@ -461,7 +457,7 @@ class RedisBroker(RedisReadSide, Broker):
                     )
                     if status == JobStatus.QUEUED:
                         woken[queue.name] = woken.get(queue.name, 0) + 1
-            results = await self._redis.pipeline(commands, [*cleanup, *self._wake(woken)])
+            results = await self._redis.pipeline(commands, self._wake(woken))
         return sum(results)
 
     # -- read side --------------------------------------------------------------------------
@@ -496,9 +492,7 @@ class RedisBroker(RedisReadSide, Broker):
         with self._redis.errors("purging dead letters"):
             failed = await self._failed(job_ids)
             replies = await self._redis.pipeline([q.script("purge", i) for q, i in failed])
-            gone = [i for (_, i), r in zip(failed, replies, strict=True) if r == 1]
-            await self._redis.pipeline([("DEL", self._where(i)) for i in gone])
-        return len(gone)
+        return sum(replies)
 
     async def cancel(self, job_id: str) -> bool:
         with self._redis.errors("cancelling a job"):
@@ -550,7 +544,7 @@ class RedisBroker(RedisReadSide, Broker):
 
         For tests and for resetting a development server; there is no undo.
         """
-        patterns = [f"{self._global}*", f"{{{self.prefix}:*", f"{self.prefix}:where:*"]
+        patterns = [f"{self._global}*", f"{{{self.prefix}:*"]
         with self._redis.errors("deleting keys"):
             keys = [k for p in patterns for k in await self._redis.keys_matching(p)]
             await self._redis.pipeline([("DEL", k) for k in keys])

@@ -13,7 +13,7 @@ from .redis_connection import SHA
 #: A queue's sets, in the order the scripts take them as KEYS.
 SETS = ("ready", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed", "expiry")
 #: Scripts that use only the first few of the per-queue sets are sent only those.
-KEYS_USED = {"enqueue": 3, "claim_fire": 3, "discard": 3, "claim": 4, "extend": 4}
+KEYS_USED = {"enqueue": 3, "claim_fire": 3, "claim": 4, "extend": 4}
 
 
 class QueueKeys:
