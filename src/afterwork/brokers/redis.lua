@@ -83,9 +83,13 @@ end
 
 -- The ready score: priority first (high first), then run time. It stays below
 -- 2^53, so whole milliseconds are exact: 200 * 1e13 plus ms until the year 2286.
+local function ready_score(priority, run_at)
+  return (100 - num(priority, 0)) * 1e13 + num(run_at, 0) * 1000
+end
+
 local function make_ready(id, job)
   local f = redis.call('HMGET', job, 'priority', 'run_at')
-  redis.call('ZADD', READY, (100 - num(f[1], 0)) * 1e13 + num(f[2], 0) * 1000, id)
+  redis.call('ZADD', READY, ready_score(f[1], f[2]), id)
 end
 
 local function set_error(job, err)
@@ -153,26 +157,24 @@ local function put_back(id, job, status, now)
   end
 end
 
--- Store a new job. ARGV[i..]: id, has_unique, unique_key, target ('ready' |
--- 'scheduled' | 'retrying'), score (the ready score, or the run time), n, then n
--- field, value arguments (the job's text and number fields), payload,
--- has_result, result. Returns 1 when stored, or {0, id, fields} of the job that
--- stands instead: the one already stored under this id, or the active job
--- holding the unique key. The second value is where the next job's arguments
--- start.
+-- Store a new job. ARGV[i..]: id, target ('ready' | 'scheduled' | 'retrying'),
+-- unique key ('' for none), the fields every job has (status, run_at, priority,
+-- result_ttl, spec, payload), n, then n field, value arguments for the fields it
+-- has beside (see redis_codec.py).
+-- Returns 1 when stored, or {0, id, fields} of the job that stands instead: the
+-- one already stored under this id, or the active job holding the unique key.
+-- The second value is where the next job's arguments start.
 local function store(i)
-  local id, has_unique, unique, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local first = i + 6
-  local payload = first + tonumber(ARGV[i + 5])
-  local next_job = payload + 3
+  local id, unique = ARGV[i], ARGV[i + 2]
+  local extra = i + 10
+  local next_job = extra + tonumber(ARGV[i + 9])
   local job = job_key(id)
   if redis.call('EXISTS', job) == 1 then
     return {0, id, redis.call('HGETALL', job)}, next_job
   end
-  local unique_key = false
-  if has_unique == '1' then
-    unique_key = BASE .. 'unique:' .. unique
-    local twin = redis.call('GET', unique_key)
+  if unique ~= '' then
+    local key = BASE .. 'unique:' .. unique
+    local twin = redis.call('GET', key)
     if twin then
       local twin_job = job_key(twin)
       local status = redis.call('HGET', twin_job, 'status')
@@ -180,21 +182,18 @@ local function store(i)
         return {0, twin, redis.call('HGETALL', twin_job)}, next_job
       end
     end
+    redis.call('SET', key, id)
   end
-  if unique_key then
-    redis.call('SET', unique_key, id)
+  local run_at, priority = ARGV[i + 4], ARGV[i + 5]
+  redis.call('HSET', job, 'status', ARGV[i + 3], 'run_at', run_at, 'priority', priority,
+    'result_ttl', ARGV[i + 6], 'spec', ARGV[i + 7], 'payload', ARGV[i + 8],
+    unpack(ARGV, extra, next_job - 1))
+  local target = ARGV[i + 1]
+  if target == 'ready' then
+    redis.call('ZADD', READY, ready_score(priority, run_at), id)
+  else
+    redis.call('ZADD', target == 'retrying' and RETRYING or SCHEDULED, run_at, id)
   end
-  redis.call('HSET', job, 'payload', ARGV[payload], unpack(ARGV, first, payload - 1))
-  if ARGV[payload + 1] == '1' then
-    redis.call('HSET', job, 'result', ARGV[payload + 2])
-  end
-  local set = READY
-  if target == 'retrying' then
-    set = RETRYING
-  elseif target ~= 'ready' then
-    set = SCHEDULED
-  end
-  redis.call('ZADD', set, ARGV[i + 4], id)
   return 1, next_job
 end
 

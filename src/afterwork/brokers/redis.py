@@ -74,7 +74,7 @@ BATCH_MAX = 1000
 SCRIPT_CHUNK = 500
 #: ... and stored by one per this many: smaller, so Redis can start on the first
 #: while the next is being built.
-ENQUEUE_CHUNK = 100
+ENQUEUE_CHUNK = 50
 #: A finished job's hash expires this long after its TTL, in case no worker runs
 #: recover() (which deletes it on time, by the broker's clock).
 EXPIRY_GRACE = 60.0
@@ -90,17 +90,13 @@ _SEEN_MAX = 100_000
 _error_encoder = msgspec.json.Encoder()
 
 
-def _store_args(job: JobRecord, now: float) -> tuple[Any, ...]:
+def _store_args(job: JobRecord, now: float) -> list[Any]:
     """What the scripts' store() takes for a new job."""
-    if job.run_at <= now:  # the ready score, as make_ready in redis.lua computes it
-        target, score = "ready", (100 - job.priority) * 1e13 + job.run_at * 1000
+    if job.run_at <= now:
+        target = "ready"
     else:
         target = "retrying" if job.status == JobStatus.RETRYING else "scheduled"
-        score = job.run_at
-    unique = ("0", "") if job.unique_key is None else ("1", job.unique_key)
-    result = ("0", b"") if job.result is None else ("1", job.result)
-    fields = encode_job(job)
-    return (job.id, *unique, target, repr(score), len(fields), *fields, job.payload, *result)
+    return [job.id, target, job.unique_key or "", *encode_job(job)]
 
 
 class RedisBroker(RedisReadSide, Broker):

@@ -1,7 +1,8 @@
 """How a :class:`JobRecord` is stored as a Redis hash, and read back whatever it holds.
 
 The fields the scripts read or change (status, run time, priority, attempts,
-lease, result TTL, unique key...) are fields of their own, absent when None.
+lease, result TTL, unique key...) are fields of their own, absent when None
+(or, for attempts, zero).
 Those no script looks at and that never change after enqueue (task, enqueued
 at, attempts allowed, timeout) travel as one MessagePack field, ``spec``: one
 argument to pack and one field to write instead of four, and one msgspec call
@@ -34,34 +35,35 @@ _spec_decoder: msgspec.msgpack.Decoder[Spec] = msgspec.msgpack.Decoder(Spec)
 
 
 def encode_job(job: JobRecord) -> list[Any]:
-    """The record as hash field, value pairs (flat), without those that are None or
-    zero by default; the binary ones (payload, result) are sent apart."""
+    """The hash's values, as the scripts' store() takes them: those of the fields every
+    job has (status, run_at, priority, result_ttl, spec, payload), then how many
+    arguments follow and, flat, the field, value pairs of the others it has."""
     spec = _spec_encoder.encode((job.task, job.enqueued_at, job.max_attempts, job.timeout))
-    fields: list[Any] = [
-        "spec", spec, "status", job.status.value, "run_at", repr(job.run_at),
-        "priority", job.priority, "result_ttl", repr(job.result_ttl),
-    ]  # fmt: skip
+    extra: list[Any] = []
     # One test each, not a loop over pairs: a new job has none of these, and this runs
     # for every job of every batch.
     if job.attempts:
-        fields += ["attempts", job.attempts]
+        extra += ["attempts", job.attempts]
     if job.unique_key is not None:
-        fields += ["unique_key", job.unique_key]
+        extra += ["unique_key", job.unique_key]
     if job.started_at is not None:
-        fields += ["started_at", repr(job.started_at)]
+        extra += ["started_at", repr(job.started_at)]
     if job.finished_at is not None:
-        fields += ["finished_at", repr(job.finished_at)]
+        extra += ["finished_at", repr(job.finished_at)]
     if job.worker is not None:
-        fields += ["worker", job.worker]
+        extra += ["worker", job.worker]
     if job.lease_until is not None:
-        fields += ["lease_until", repr(job.lease_until)]
+        extra += ["lease_until", repr(job.lease_until)]
     if job.expires_at is not None:
-        fields += ["expires_at", repr(job.expires_at)]
+        extra += ["expires_at", repr(job.expires_at)]
     if job.cancel_requested:
-        fields += ["cancel_requested", "1"]
+        extra += ["cancel_requested", "1"]
+    if job.result is not None:
+        extra += ["result", job.result]
     if job.error is not None:
-        fields += ["error", _error_encoder.encode(job.error).decode()]
-    return fields
+        extra += ["error", _error_encoder.encode(job.error).decode()]
+    fixed = job.status, repr(job.run_at), job.priority, repr(job.result_ttl), spec
+    return [*fixed, job.payload, len(extra), *extra]
 
 
 def as_dict(reply: Any) -> dict[bytes, bytes]:
