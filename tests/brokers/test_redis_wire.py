@@ -73,6 +73,7 @@ async def test_round_trips_from_many_coroutines_share_one_connection_and_get_the
     assert state.conn is not None
     assert not state.conn.closed
     assert not state.idle
+    assert broker._redis.functions  # Redis 7: the scripts are one function library
 
 
 async def test_a_blocking_wait_cut_short_closes_its_connection_and_the_next_one_works(
@@ -144,3 +145,30 @@ async def test_a_reply_for_nobody_closes_the_connection_and_fails_what_waits():
         assert connection.closed
     finally:
         connection.close()
+
+
+async def test_where_functions_cannot_be_loaded_the_scripts_run_by_evalsha(broker: RedisBroker):
+    """A server older than Redis 7, or a user without FUNCTION rights: same behaviour."""
+    user, password = f"nofn{uuid.uuid4().hex[:8]}", "pw-no-functions"
+    [created] = await broker._redis.send(
+        [("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-function")]
+    )
+    assert created == b"OK"
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    limited = create_broker(
+        SERVER.replace("redis://", f"redis://{user}:{password}@") + f"?prefix={prefix}",
+        clock=ManualClock(),
+    )
+    assert isinstance(limited, RedisBroker)
+    try:
+        await limited.connect()
+        await limited.enqueue([job("j1", limited.clock)])
+        [claimed] = await limited.reserve(["default"], 1, worker="w1", lease=30)
+
+        assert not limited._redis.functions
+        assert claimed.id == "j1"
+        assert (await broker._locate(["j1"])) == {}  # another prefix: not this broker's
+    finally:
+        await limited.delete_all()
+        await limited.close()
+        await broker._redis.send([("ACL", "DELUSER", user)])

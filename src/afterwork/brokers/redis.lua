@@ -55,16 +55,27 @@
 -- overwritten with garbage cannot make a script fail (and with it every claim on
 -- the queue); the broker dead-letters such a job when it decodes the claim.
 --
--- The file is split on "-- name:" lines; "common" is prepended to every script.
+-- The file is split on "-- name:" lines. On a single server (Redis 7 or newer)
+-- the scripts are one function library: "common" once, then each script as a
+-- function that starts with bind(KEYS, ARGV); loaded once, a call pays nothing
+-- for the shared part. On a cluster (whose client would ask the server for an
+-- FCALL's keys on every call) or an older server, each script is sent for
+-- EVALSHA with "common" and the bind in front.
 
 -- name: common
-local READY, SCHEDULED, RETRYING, RUNNING = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local FINISHED = {succeeded = KEYS[5], cancelled = KEYS[6], failed = KEYS[7]}
-local EXPIRY = KEYS[8]
-local BASE = ARGV[1]
--- enqueue and claim_fire only: on a single server, the queue's wake list; '' on
--- a cluster.
-local WAKE = ARGV[2]
+local READY, SCHEDULED, RETRYING, RUNNING, FINISHED, EXPIRY, BASE, WAKE, ARGS
+
+local function bind(keys, argv)
+  READY, SCHEDULED, RETRYING, RUNNING = keys[1], keys[2], keys[3], keys[4]
+  FINISHED = {succeeded = keys[5], cancelled = keys[6], failed = keys[7]}
+  EXPIRY = keys[8]
+  BASE = argv[1]
+  -- enqueue and claim_fire only: on a single server, the queue's wake list; '' on
+  -- a cluster.
+  WAKE = argv[2]
+  ARGS = argv  -- for helpers: in a function library ARGV is no global
+end
+
 local WAITING = {queued = true, scheduled = true, retrying = true}
 local DONE = {succeeded = true, cancelled = true, failed = true}
 local MAX_WAKE_TOKENS = 64
@@ -165,9 +176,9 @@ end
 -- one already stored under this id, or the active job holding the unique key.
 -- The second value is where the next job's arguments start.
 local function store(i)
-  local id, unique = ARGV[i], ARGV[i + 2]
+  local id, unique = ARGS[i], ARGS[i + 2]
   local extra = i + 10
-  local next_job = extra + tonumber(ARGV[i + 9])
+  local next_job = extra + tonumber(ARGS[i + 9])
   local job = job_key(id)
   if redis.call('EXISTS', job) == 1 then
     return {0, id, redis.call('HGETALL', job)}, next_job
@@ -184,11 +195,11 @@ local function store(i)
     end
     redis.call('SET', key, id)
   end
-  local run_at, priority = ARGV[i + 4], ARGV[i + 5]
-  redis.call('HSET', job, 'status', ARGV[i + 3], 'run_at', run_at, 'priority', priority,
-    'result_ttl', ARGV[i + 6], 'spec', ARGV[i + 7], 'payload', ARGV[i + 8],
-    unpack(ARGV, extra, next_job - 1))
-  local target = ARGV[i + 1]
+  local run_at, priority = ARGS[i + 4], ARGS[i + 5]
+  redis.call('HSET', job, 'status', ARGS[i + 3], 'run_at', run_at, 'priority', priority,
+    'result_ttl', ARGS[i + 6], 'spec', ARGS[i + 7], 'payload', ARGS[i + 8],
+    unpack(ARGS, extra, next_job - 1))
+  local target = ARGS[i + 1]
   if target == 'ready' then
     redis.call('ZADD', READY, ready_score(priority, run_at), id)
   else

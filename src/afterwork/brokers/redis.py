@@ -120,7 +120,7 @@ class RedisBroker(RedisReadSide, Broker):
     def _queue(self, name: str) -> QueueKeys:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = QueueKeys(self.prefix, name)
+            queue = self._queues[name] = QueueKeys(self.prefix, name, self._redis)
         return queue
 
     def _wake(self, counts: dict[str, int]) -> list[tuple[Any, ...]]:

@@ -4,8 +4,10 @@ Connections belong to the loop they were made on, so each running loop gets
 its own, made on first use and closed with the broker or when its loop shuts
 down. On one server they are afterwork's lean :class:`WireConnection`; on a
 cluster, redis-py's client, which knows the slots. Commands go in pipelines;
-scripts run by ``EVALSHA``, and after ``NOSCRIPT`` (a restarted server forgets
-its scripts) they are loaded and the refused calls sent again. Errors come out
+scripts run as functions of one library (``FCALL``) on a single Redis 7, by
+``EVALSHA`` elsewhere, and when the server says it has none (a restarted server
+without persistence forgets them) they are loaded and the refused calls sent
+again. Errors come out
 as afterwork's, naming the server without its password.
 """
 
@@ -39,11 +41,25 @@ SOCKET_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 
 _SOURCE = load_queries("redis.lua")
-#: The scripts of ``redis.lua`` by name, each with the common part in front.
-SCRIPTS = {
-    name: f"{_SOURCE['common']}\n{body}" for name, body in _SOURCE.items() if name != "common"
-}
+_BODIES = {name: body for name, body in _SOURCE.items() if name != "common"}
+#: The scripts of ``redis.lua`` by name, for ``EVALSHA``: the common part in front.
+SCRIPTS = {name: f"{_SOURCE['common']}\nbind(KEYS, ARGV)\n{body}" for name, body in _BODIES.items()}
 SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+#: The same as one function library, for ``FCALL``: named after its digest, so
+#: apps of different afterwork versions on one server each find their own.
+_LIBRARY_ID = "afterwork_" + hashlib.sha1("".join(SCRIPTS.values()).encode()).hexdigest()[:16]
+FUNCTIONS = {name: f"{_LIBRARY_ID}_{name}" for name in _BODIES}
+LIBRARY = "\n".join(
+    [
+        f"#!lua name={_LIBRARY_ID}",
+        _SOURCE["common"],
+        *(
+            f"redis.register_function('{FUNCTIONS[name]}', function(KEYS, ARGV)\n"
+            f"bind(KEYS, ARGV)\n{body}\nend)"
+            for name, body in _BODIES.items()
+        ),
+    ]
+)
 
 Command = tuple[Any, ...]
 
@@ -122,6 +138,14 @@ class RedisConnection:
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, tuple[_LoopState, AsyncGenerator[None]]] = {}
         self._scripts_loaded = False
+        #: Scripts are called as functions (``FCALL``), not by ``EVALSHA``.
+        self.functions = False
+
+    def script(self, name: str, keys: Sequence[str], *args: Any) -> Command:
+        """The command that runs script ``name`` of ``redis.lua``."""
+        if self.functions:
+            return ("FCALL", FUNCTIONS[name], len(keys), *keys, *args)
+        return ("EVALSHA", SHA[name], len(keys), *keys, *args)
 
     async def _state(self) -> _LoopState:
         """This event loop's connections.
@@ -215,6 +239,11 @@ class RedisConnection:
             client = await self.client()
             replies = [await client.script_load(text) for text in SCRIPTS.values()]
         else:
+            [library] = await self.send([("FUNCTION", "LOAD", "REPLACE", LIBRARY)])
+            self.functions = not isinstance(library, ReplyError)  # before Redis 7: EVALSHA
+            if self.functions:
+                self._scripts_loaded = True
+                return
             replies = await self.send([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
         for name, sha in zip(SCRIPTS, replies, strict=True):
             if isinstance(sha, Exception):
@@ -365,9 +394,12 @@ class RedisRefused(Exception):
 
 
 def _no_script(reply: Any) -> bool:
+    """Whether a reply says the server does not have the script (or function)."""
     if isinstance(reply, NoScriptError):
         return True
-    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, ReplyError) and str(reply).startswith(
+        ("NOSCRIPT", "ERR Function not found")
+    )
 
 
 def _text(value: Any) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .redis_connection import SHA
+from .redis_connection import RedisConnection
 
 #: A queue's sets, in the order the scripts take them as KEYS.
 SETS = ("ready", "scheduled", "retrying", "running", "succeeded", "cancelled", "failed", "expiry")
@@ -19,16 +19,18 @@ KEYS_USED = {"enqueue": 3, "claim_fire": 3, "claim": 4, "extend": 4}
 class QueueKeys:
     """One queue's key names: the hash-tagged base and its sets, in the scripts' KEYS order."""
 
-    __slots__ = ("base", "keys", "name")
+    __slots__ = ("base", "keys", "name", "redis")
 
-    def __init__(self, prefix: str, name: str) -> None:
+    def __init__(self, prefix: str, name: str, redis: RedisConnection) -> None:
         self.name = name
         self.base = f"{{{prefix}:{name}}}:"
         self.keys = tuple(self.base + s for s in SETS)
+        self.redis = redis
 
     def script(self, name: str, *args: Any) -> tuple[Any, ...]:
+        """The command that runs script ``name`` on this queue."""
         keys = self.keys[: KEYS_USED.get(name, len(SETS))]
-        return ("EVALSHA", SHA[name], len(keys), *keys, self.base, *args)
+        return self.redis.script(name, keys, self.base, *args)
 
     def job(self, job_id: str) -> str:
         return f"{self.base}job:{job_id}"
