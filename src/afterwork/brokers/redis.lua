@@ -111,8 +111,15 @@ local function set_error(job, err)
   end
 end
 
-local function release_unique(id, job)
-  local unique = redis.call('HGET', job, 'unique_key')
+-- set_error as the fields to write and to delete, for finish().
+local function error_change(err)
+  if err == '' then
+    return {}, {'error'}
+  end
+  return {'error', err}, {}
+end
+
+local function release_unique(id, unique)
   if unique then
     local key = BASE .. 'unique:' .. unique
     if redis.call('GET', key) == id then
@@ -136,21 +143,31 @@ end
 
 -- Finish a job: it leaves the running set (or with `waiting`, the waiting sets),
 -- is kept ttl seconds in its status's set, gives up its unique key and wakes
--- whoever waits for it.
-local function finish(id, job, status, now_text, ttl, grace, waiting)
+-- whoever waits for it. `set` and `drop` (optional) are more fields to write and
+-- delete with it; `unique` is its unique key if the caller read it (false: it
+-- has none; nil: read it here).
+local function finish(id, job, status, now_text, ttl, grace, waiting, set, drop, unique)
   local expires_at = tonumber(now_text) + ttl
-  redis.call('HSET', job, 'status', status, 'finished_at', now_text, 'expires_at', expires_at)
+  redis.call('HSET', job, 'status', status, 'finished_at', now_text, 'expires_at', expires_at,
+    unpack(set or {}))
+  drop = drop or {}
   if waiting then
     redis.call('ZREM', READY, id)
     redis.call('ZREM', SCHEDULED, id)
     redis.call('ZREM', RETRYING, id)
   else
-    redis.call('HDEL', job, 'lease_until')  -- the worker stays: it ran the last attempt
+    drop[#drop + 1] = 'lease_until'  -- the worker stays: it ran the last attempt
     redis.call('ZREM', RUNNING, id)
+  end
+  if #drop > 0 then
+    redis.call('HDEL', job, unpack(drop))
   end
   redis.call('ZADD', FINISHED[status], now_text, id)
   redis.call('ZADD', EXPIRY, expires_at, id)
-  release_unique(id, job)
+  if unique == nil then
+    unique = redis.call('HGET', job, 'unique_key')
+  end
+  release_unique(id, unique)
   redis.call('PEXPIRE', job, math.max(math.ceil((ttl + grace) * 1000), 1000))
   notify_waiters(id)
 end
@@ -256,8 +273,10 @@ return {1, reply}
 -- ARGV: base, now, worker, lease_until, limit, promote_max.
 -- Moves due delayed and retrying jobs to ready, then claims up to `limit` ready
 -- jobs: running, leased to the worker, the attempt counted. Returns {{{id, job
--- fields}...}, next_due}: next_due (when nothing was claimed) is the run time
--- of the earliest delayed or retrying job, so the caller knows how long to sleep.
+-- fields}...}, next_due}: the fields as they were before the claim (the broker
+-- applies the claim's changes, which it knows, to what it reads); next_due (when
+-- nothing was claimed) is the run time of the earliest delayed or retrying job,
+-- so the caller knows how long to sleep.
 local now_text, worker, lease_until = ARGV[2], ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[5])
 for _, set in ipairs({SCHEDULED, RETRYING}) do
@@ -276,15 +295,23 @@ while #claimed < limit do
   for i = 1, #popped, 2 do
     local id = popped[i]
     local job = job_key(id)
-    local f = redis.call('HMGET', job, 'status', 'attempts')
-    local status = f[1] or ''
+    local fields = redis.call('HGETALL', job)
+    local status, attempts = '', 0
+    for k = 1, #fields, 2 do
+      local name = fields[k]
+      if name == 'status' then
+        status = fields[k + 1]
+      elseif name == 'attempts' then
+        attempts = num(fields[k + 1], 0)
+      end
+    end
     -- A hash that is gone or already running or finished is a stale entry: drop it.
     -- A hash with a status we do not know is claimed, so the broker dead-letters it.
-    if redis.call('EXISTS', job) == 1 and status ~= 'running' and not DONE[status] then
-      redis.call('HSET', job, 'status', 'running', 'attempts', num(f[2], 0) + 1,
+    if #fields > 0 and status ~= 'running' and not DONE[status] then
+      redis.call('HSET', job, 'status', 'running', 'attempts', attempts + 1,
         'worker', worker, 'started_at', now_text, 'lease_until', lease_until)
       redis.call('ZADD', RUNNING, lease_until, id)
-      claimed[#claimed + 1] = {id, redis.call('HGETALL', job)}
+      claimed[#claimed + 1] = {id, fields}
     end
   end
 end
@@ -326,29 +353,28 @@ local now = tonumber(now_text)
 
 local function settle(id, worker, kind, has_result, result, err, retry_at)
   local job = job_key(id)
-  local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested', 'result_ttl')
+  local f = redis.call('HMGET', job, 'status', 'worker', 'cancel_requested', 'result_ttl',
+    'unique_key')
   if f[1] ~= 'running' or f[2] ~= worker then
     return 0
   end
-  local result_ttl = num(f[4], 86400)
+  local result_ttl, unique = num(f[4], 86400), f[5]
   local again = kind == 'retry' or kind == 'requeue'
   if kind == 'succeeded' then
     if has_result == '1' then
-      redis.call('HSET', job, 'result', result)
+      finish(id, job, 'succeeded', now_text, result_ttl, grace, false, {'result', result},
+        {'error'}, unique)
     else
-      redis.call('HDEL', job, 'result')
+      finish(id, job, 'succeeded', now_text, result_ttl, grace, false, {}, {'result', 'error'},
+        unique)
     end
-    redis.call('HDEL', job, 'error')
-    finish(id, job, 'succeeded', now_text, result_ttl, grace)
   elseif kind == 'failed' then
-    set_error(job, err)
-    finish(id, job, 'failed', now_text, dead_letter_ttl, grace)
+    local set, drop = error_change(err)
+    finish(id, job, 'failed', now_text, dead_letter_ttl, grace, false, set, drop, unique)
   elseif kind == 'cancelled' or (again and f[3] == '1') then
     -- A retry or requeue of a job whose cancel was requested cancels it: it never runs again.
-    if err ~= '' then
-      redis.call('HSET', job, 'error', err)
-    end
-    finish(id, job, 'cancelled', now_text, result_ttl, grace)
+    local set = err ~= '' and {'error', err} or {}
+    finish(id, job, 'cancelled', now_text, result_ttl, grace, false, set, {}, unique)
   elseif kind == 'retry' then
     set_error(job, err)
     redis.call('HSET', job, 'run_at', retry_at)
@@ -410,8 +436,8 @@ end
 if status == 'queued' then
   put_back(id, job, 'queued', now)
 elseif status == 'failed' then
-  set_error(job, err)
-  finish(id, job, 'failed', now_text, tonumber(ARGV[6]), tonumber(ARGV[7]))
+  local set, drop = error_change(err)
+  finish(id, job, 'failed', now_text, tonumber(ARGV[6]), tonumber(ARGV[7]), false, set, drop)
 else
   finish(id, job, 'cancelled', now_text, num(f[3], 86400), tonumber(ARGV[7]))
 end

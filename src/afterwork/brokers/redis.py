@@ -351,12 +351,17 @@ class RedisBroker(RedisReadSide, Broker):
             if len(claimed) >= limit:
                 break
             queue = self._queue(name)
-            args = (repr(now), worker, repr(now + lease), limit - len(claimed), BATCH_MAX)
+            until = now + lease
+            args = (repr(now), worker, repr(until), limit - len(claimed), BATCH_MAX)
             [(found, due)] = await self._redis.pipeline([queue.script("claim", *args)])
             for raw_id, raw in found:
                 record, problem = decode_job(as_dict(raw), raw_id.decode(), name)
                 self._remember(record.id, name)
                 if problem is None:
+                    # The hash as it was: the claim's changes, as the script made them.
+                    record.status = JobStatus.RUNNING
+                    record.attempts += 1
+                    record.worker, record.started_at, record.lease_until = worker, now, until
                     claimed.append(record)
                 else:
                     error = ErrorInfo("CorruptJob", f"job {record.id} cannot be read: {problem}")
