@@ -235,8 +235,9 @@ local function wake(count)
   for n = 1, math.min(count, MAX_WAKE_TOKENS) do
     tokens[n] = '1'
   end
-  redis.call('LPUSH', WAKE, unpack(tokens))
-  redis.call('LTRIM', WAKE, 0, MAX_WAKE_TOKENS - 1)
+  if redis.call('LPUSH', WAKE, unpack(tokens)) > MAX_WAKE_TOKENS then
+    redis.call('LTRIM', WAKE, 0, MAX_WAKE_TOKENS - 1)
+  end
 end
 
 -- name: enqueue
