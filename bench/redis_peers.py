@@ -348,6 +348,10 @@ def run_all(names: list[str], url: str, client: redis.Redis, args: Any) -> list[
 
     def one_round(bench: Bench, results: dict[str, Any]) -> None:
         keep_best(results, "one", bench.enqueue("enqueue-one"))
+        if bench.name == "afterwork":  # the machine's floor, next to it in time
+            floor = bench.producer("ping", "--jobs", str(bench.args.jobs))
+            if floor.get("asyncio", 0) > results.get("ping", {}).get("asyncio", 0):
+                results["ping"] = floor
         keep_best(results, "batch", bench.enqueue("enqueue-batch"))
         drain = bench.drain()
         peak = max(drain["peak_rss_mib"] or 0, results.get("drain", {}).get("peak_rss_mib") or 0)
@@ -496,6 +500,13 @@ def targets(rows: list[Row]) -> list[str]:
     out = ["afterwork against its targets:"]
     for label, value, met in checks:
         out.append(f"  {label.ljust(width)}  {value:>10}  {'met' if met else 'NOT met'}")
+    floor = r.get("ping")
+    if floor:
+        out.append(
+            f"  (the floor under any one-by-one enqueue here, PING answered before the next: "
+            f"{floor['asyncio']:,.0f}/s over an asyncio stream, {floor['blocking']:,.0f}/s over "
+            "a blocking socket)"
+        )
     wide = r.get("drain_100")
     if wide:
         out.append(

@@ -177,6 +177,28 @@ async def enqueue_batch(producer: Producer, jobs: int, size: int, limit: float) 
     return {"rate": done / elapsed, "jobs": done, "seconds": elapsed, "api": producer.batch_api}
 
 
+async def ping(jobs: int) -> dict[str, Any]:
+    """The floor under any one-by-one enqueue on this machine: ``PING`` one at a time,
+    each answered before the next, over an asyncio stream and over a blocking socket
+    (no library, no work in Redis)."""
+    parts = urlsplit(REDIS_URL)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    command = b"*1\r\n$4\r\nPING\r\n"
+    start = time.perf_counter()
+    for _ in range(jobs):
+        writer.write(command)
+        await reader.readline()
+    stream = jobs / (time.perf_counter() - start)
+    writer.close()
+    blocking = MiniRedis()
+    start = time.perf_counter()
+    for _ in range(jobs):
+        blocking.call("PING")
+    return {"asyncio": stream, "blocking": jobs / (time.perf_counter() - start)}
+
+
 async def fill(producer: Producer, jobs: int, size: int) -> dict[str, Any]:
     """Queue jobs 0..jobs-1 for a drain, the fastest way the library has (not timed)."""
     for first in range(0, jobs, size):
@@ -239,7 +261,8 @@ async def latency(producer: Producer, samples: int, limit: float) -> dict[str, A
 
 
 def main(make_producer: Callable[[], Producer], worker: Callable[[], None]) -> None:
-    """``python -m peers.<library> worker | enqueue-one | enqueue-batch | fill | latency``;
+    """``python -m peers.<library> worker | enqueue-one | enqueue-batch | fill | latency |
+    ping``;
     producer phases print their result as one JSON line."""
     parser = argparse.ArgumentParser()
     parser.add_argument("phase")
@@ -264,6 +287,8 @@ def main(make_producer: Callable[[], Producer], worker: Callable[[], None]) -> N
                 return await fill(producer, args.jobs, args.size)
             if args.phase == "latency":
                 return await latency(producer, args.samples, args.limit)
+            if args.phase == "ping":
+                return await ping(args.jobs)
             raise SystemExit(f"unknown phase {args.phase!r}")
         finally:
             await producer.close()

@@ -63,12 +63,13 @@
 -- EVALSHA with "common" and the bind in front.
 
 -- name: common
-local READY, SCHEDULED, RETRYING, RUNNING, FINISHED, EXPIRY, BASE, WAKE, ARGS
+local READY, SCHEDULED, RETRYING, RUNNING, SUCCEEDED, CANCELLED, FAILED, EXPIRY
+local BASE, WAKE, ARGS
 
+-- Per call, so kept to assignments: the enqueue of one job is mostly this call.
 local function bind(keys, argv)
   READY, SCHEDULED, RETRYING, RUNNING = keys[1], keys[2], keys[3], keys[4]
-  FINISHED = {succeeded = keys[5], cancelled = keys[6], failed = keys[7]}
-  EXPIRY = keys[8]
+  SUCCEEDED, CANCELLED, FAILED, EXPIRY = keys[5], keys[6], keys[7], keys[8]
   BASE = argv[1]
   -- enqueue and claim_fire only: on a single server, the queue's wake list; '' on
   -- a cluster.
@@ -162,7 +163,13 @@ local function finish(id, job, status, now_text, ttl, grace, waiting, set, drop,
   if #drop > 0 then
     redis.call('HDEL', job, unpack(drop))
   end
-  redis.call('ZADD', FINISHED[status], now_text, id)
+  local finished = FAILED
+  if status == 'succeeded' then
+    finished = SUCCEEDED
+  elseif status == 'cancelled' then
+    finished = CANCELLED
+  end
+  redis.call('ZADD', finished, now_text, id)
   redis.call('ZADD', EXPIRY, expires_at, id)
   if unique == nil then
     unique = redis.call('HGET', job, 'unique_key')
@@ -231,11 +238,17 @@ local function wake(count)
   if WAKE == '' or count == 0 then
     return
   end
-  local tokens = {}
-  for n = 1, math.min(count, MAX_WAKE_TOKENS) do
-    tokens[n] = '1'
+  local pushed
+  if count == 1 then
+    pushed = redis.call('LPUSH', WAKE, '1')
+  else
+    local tokens = {}
+    for n = 1, math.min(count, MAX_WAKE_TOKENS) do
+      tokens[n] = '1'
+    end
+    pushed = redis.call('LPUSH', WAKE, unpack(tokens))
   end
-  if redis.call('LPUSH', WAKE, unpack(tokens)) > MAX_WAKE_TOKENS then
+  if pushed > MAX_WAKE_TOKENS then
     redis.call('LTRIM', WAKE, 0, MAX_WAKE_TOKENS - 1)
   end
 end
@@ -409,9 +422,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT
   redis.call('ZREM', EXPIRY, id)
   if not (WAITING[status] or status == 'running') then
     redis.call('DEL', job)
-    redis.call('ZREM', FINISHED.succeeded, id)
-    redis.call('ZREM', FINISHED.cancelled, id)
-    redis.call('ZREM', FINISHED.failed, id)
+    redis.call('ZREM', SUCCEEDED, id)
+    redis.call('ZREM', CANCELLED, id)
+    redis.call('ZREM', FAILED, id)
   end
 end
 local lost = {}
@@ -483,7 +496,7 @@ if f[2] then
 end
 redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'run_at', now_text)
 redis.call('HDEL', job, 'cancel_requested', 'finished_at', 'expires_at')
-redis.call('ZREM', FINISHED.failed, id)
+redis.call('ZREM', FAILED, id)
 redis.call('ZREM', EXPIRY, id)
 redis.call('PERSIST', job)
 make_ready(id, job)
@@ -497,6 +510,6 @@ if redis.call('HGET', job, 'status') ~= 'failed' then
   return 0
 end
 redis.call('DEL', job)
-redis.call('ZREM', FINISHED.failed, id)
+redis.call('ZREM', FAILED, id)
 redis.call('ZREM', EXPIRY, id)
 return 1
