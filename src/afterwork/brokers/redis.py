@@ -12,7 +12,8 @@ Why this shape:
   ``redis.lua``, whose header documents the keys: atomic without WATCH loops,
   and one round trip; batches pipeline them (``redis_connection.py``).
 * Idle workers do not poll: they ``BLPOP`` on per-queue wake lists that
-  enqueue, retry and requeue push a token to in the same pipeline, with a
+  enqueue (inside its script, on a single server), retry and requeue push a
+  token to in the same round trip, with a
   timeout no longer than the time until the next delayed job is due. A token
   left when nobody waited costs at most one empty claim later. The lists are
   per queue (not one per app) so a job wakes only workers that serve its
@@ -23,8 +24,8 @@ Why this shape:
   at once without polling.
 * No per-job index: a job's key names its queue, and a process finds the
   queue of a job it did not enqueue or claim itself by asking every queue in
-  one round trip. A job costs Redis three writes (its hash, its place in a
-  sorted set, and nothing else), so memory and work per job stay small.
+  one round trip. A job is its hash and its place in a sorted set, nothing
+  else, so memory and work per job stay small.
 * Cluster-ready: a queue's keys share the hash tag ``{prefix:queue}``; the
   registry, the workers and the wake lists live elsewhere, and on a cluster
   are written by plain commands beside the scripts, never inside them. A job
@@ -32,8 +33,8 @@ Why this shape:
   memory check them across queues); the ids afterwork makes never meet.
 
 Options in the URL: ``?prefix=myapp`` (several apps on one Redis; letters,
-digits, ``_.-``) and ``?cluster=yes`` (a Redis Cluster, any node's address).
-and the connection's: ``socket_timeout``, ``socket_connect_timeout``,
+digits, ``_.-``), ``?cluster=yes`` (a Redis Cluster, any node's address), and
+the connection's: ``socket_timeout``, ``socket_connect_timeout``,
 ``client_name`` and, for ``rediss://``, ``ssl_cert_reqs``, ``ssl_ca_certs``,
 ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
 """
