@@ -4,20 +4,32 @@ Wrap Starlette, FastAPI, Litestar or a plain ASGI callable. Per request it
 provides ``request.state.background`` (a :class:`BackgroundTasks`) and makes
 :func:`after_response` work anywhere in the request's code. The collected
 tasks start once the app has finished with the request (the response is
-sent), as asyncio tasks of their own while the lifespan runs: a client that
-disconnects cannot cancel them. On lifespan startup (after the app's own startup) it starts the
-:class:`Afterwork` app's in-process queue and embedded worker, if one is
-given; on shutdown it waits for running after-response work and queued jobs
-for up to ``grace_period`` seconds in all, then stops the worker, and only
-then lets the app's own shutdown handlers run. An app that does not speak
-the lifespan protocol gets one from the middleware.
+sent), in asyncio tasks of the middleware's own while the lifespan runs: a
+client that disconnects cannot cancel them. On lifespan startup (after the
+app's own startup) it starts the :class:`Afterwork` app's in-process queue
+and embedded worker, if one is given; on shutdown it waits for running
+after-response work and queued jobs for up to ``grace_period`` seconds in
+all, then stops the worker, and only then lets the app's own shutdown
+handlers run. An app that does not speak the lifespan protocol gets one from
+the middleware.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+import types
+from collections import deque
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any
 
 from ..background import (
@@ -39,13 +51,65 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("afterwork.asgi")
 
+#: One request's calls to run detached: their collection, the calls, the context to run in.
+_Work = tuple[BackgroundTasks, list[BackgroundTask], contextvars.Context]
+
+
+class _Batch:
+    """Calls handed over in one turn of the event loop, started one after the other."""
+
+    __slots__ = ("current", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[_Work] = deque()
+        #: The call that waited, once one did: the batch's task is its own from then on.
+        self.current: _Work | None = None
+
+    def names(self) -> set[str]:
+        work = [*self.waiting, self.current] if self.current else self.waiting
+        return {t.name for _, tasks, _ in work for t in tasks}
+
+
+@types.coroutine
+def _resume(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context, waiting_on: Any
+) -> Generator[Any, Any, None]:
+    """The rest of a coroutine whose first step has run: each step in ``context``."""
+    while True:
+        try:
+            value = yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancellation the task delivers
+            try:
+                waiting_on = context.run(coro.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = context.run(coro.send, value)
+            except StopIteration:
+                return
+
 
 class DetachedRunner:
-    """Runs after-response work as asyncio tasks of their own; waits for them at shutdown."""
+    """Runs after-response work in asyncio tasks of its own; waits for them at shutdown.
+
+    The calls handed over in one turn of the event loop start in the next, in
+    one asyncio task, one after the other, each in its own context: a call
+    that finishes without waiting (a no-op, a counter, a log line) costs no
+    asyncio task of its own. The first call that waits keeps that task to
+    itself until it ends, and the calls after it move to a new task: a call
+    runs in one and the same task from its first line to its last, so
+    ``asyncio.timeout``, anyio cancel scopes and task groups work in it as
+    anywhere else.
+    """
 
     def __init__(self) -> None:
         #: What runs now, and the calls each asyncio task runs (for the shutdown log).
-        self._running: dict[asyncio.Task[None], list[BackgroundTask]] = {}
+        self._running: dict[asyncio.Task[None], _Batch] = {}
+        self._open: _Batch | None = None  # the batch that takes new calls
 
     def spawn(
         self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
@@ -53,20 +117,51 @@ class DetachedRunner:
         """Start ``tasks`` detached. ``shared=False``: they were made for this run alone, so
         they may change their own context instead of a copy (a response's ``background=``
         may be one object used by every request)."""
-        if len(tasks) == 1:  # the common case: one asyncio task, in the task's own context
-            only = tasks[0]
-            task = asyncio.Task(
-                self._run_one(owner, only),
-                context=only.context.copy() if shared else only.context,
-            )
-        else:
-            task = asyncio.Task(self._run_all(owner, tasks))
-        self._running[task] = tasks
+        if len(tasks) == 1:  # the common case: the call runs in the task's own context
+            context = tasks[0].context.copy() if shared else tasks[0].context
+        else:  # run_all gives each call its own
+            context = contextvars.Context()
+        (self._open or self._new_batch()).waiting.append((owner, tasks, context))
 
-    # Each removes itself when done: cheaper than a done callback, which costs
-    # the loop one more turn per request. _run_one is BackgroundTasks.run_one
-    # inlined, as it runs once per request.
-    async def _run_one(self, owner: BackgroundTasks, task: BackgroundTask) -> None:
+    def _new_batch(self) -> _Batch:
+        batch = self._open = _Batch()
+        task = asyncio.Task(self._run(batch), context=contextvars.Context())
+        self._running[task] = batch
+        return batch
+
+    async def _run(self, batch: _Batch) -> None:
+        waiting = batch.waiting
+        try:
+            while waiting:
+                owner, tasks, context = work = waiting.popleft()
+                coro = self._call(owner, tasks[0]) if len(tasks) == 1 else owner.run_all(tasks)
+                try:
+                    waiting_on = context.run(coro.send, None)
+                except StopIteration:
+                    continue
+                except asyncio.CancelledError:  # the call cancelled itself: not the others
+                    continue
+                # It waits: this task is its own from now on, the rest go to a new one.
+                if self._open is batch:
+                    self._open = None
+                batch.current = work
+                self._hand_over(waiting)
+                await _resume(coro, context, waiting_on)
+                return
+        finally:
+            if self._open is batch:
+                self._open = None
+            self._hand_over(waiting)  # left only if a call raised KeyboardInterrupt or the like
+            del self._running[asyncio.current_task()]  # type: ignore[arg-type]
+
+    def _hand_over(self, waiting: deque[_Work]) -> None:
+        if waiting:
+            (self._open or self._new_batch()).waiting.extend(waiting)
+            waiting.clear()
+
+    @staticmethod
+    async def _call(owner: BackgroundTasks, task: BackgroundTask) -> None:
+        # BackgroundTasks.run_one without its context change: once per request.
         try:
             if task.is_async:
                 await task.func(*task.args, **task.kwargs)
@@ -74,17 +169,10 @@ class DetachedRunner:
                 await task.run()
         except Exception as exc:
             await owner.failed(task, exc)
-        finally:
-            del self._running[asyncio.current_task()]  # type: ignore[arg-type]
-
-    async def _run_all(self, owner: BackgroundTasks, tasks: list[BackgroundTask]) -> None:
-        try:
-            await owner.run_all(tasks)
-        finally:
-            del self._running[asyncio.current_task()]  # type: ignore[arg-type]
 
     @property
     def running(self) -> int:
+        """Asyncio tasks running after-response work now."""
         return len(self._running)
 
     async def drain(self, timeout: float) -> int:
@@ -92,13 +180,18 @@ class DetachedRunner:
 
         Returns the number of asyncio tasks cancelled.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while self._running:  # a task that hands calls over has started another
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(list(self._running), timeout=left)
         if not self._running:
             return 0
-        running = dict(self._running)
-        _, still = await asyncio.wait(running, timeout=max(timeout, 0.0))
-        if not still:
-            return 0
-        names = sorted({t.name for task in still for t in running[task]})
+        still = dict(self._running)
+        self._open = None
+        names = sorted(set().union(*(batch.names() for batch in still.values())))
         logger.warning(
             "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
             timeout,
@@ -108,6 +201,8 @@ class DetachedRunner:
         for task in still:
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
+        for task in still:  # one cancelled before it started never removed itself
+            self._running.pop(task, None)
         return len(still)
 
 
