@@ -252,10 +252,10 @@ class AfterworkMiddleware:
                 await self.app(scope, receive, send)
             return
         # Once per request, so kept lean: one collection, one context variable.
-        tasks = BackgroundTasks(concurrent=self.concurrent, on_error=self.on_error)
         live = self.live
-        if live:
-            tasks.runner = self.runner
+        tasks = BackgroundTasks.for_request(
+            self.runner if live else None, self.concurrent, self.on_error
+        )
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
