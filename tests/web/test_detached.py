@@ -105,6 +105,37 @@ async def test_a_failure_in_a_calls_first_step_is_logged_and_the_next_runs(
     assert await runner.drain(5) == 0
 
 
+async def test_a_call_that_fails_after_waiting_is_reported_in_its_context(
+    caplog: pytest.LogCaptureFixture, events: Any
+) -> None:
+    runner = DetachedRunner()
+    reported: list[tuple[str, str | None]] = []
+
+    async def upload(name: str) -> None:
+        await events["release"].wait()
+        raise ConnectionError(f"storage went away during {name}")
+
+    async def on_error(task: BackgroundTask, exc: BaseException) -> None:
+        await asyncio.sleep(0)  # a handler that waits, too
+        reported.append((type(exc).__name__, user.get()))
+        events["reported"].set()
+
+    tasks = BackgroundTasks(on_error=on_error)
+    token = user.set("ada")
+    tasks.add_task(upload, "avatar.png")
+    user.reset(token)
+    with caplog.at_level(logging.ERROR, logger="afterwork"):
+        runner.spawn(tasks, tasks.seal(), shared=False)
+        events["release"].set()
+        await within(events["reported"].wait())
+    assert reported == [("ConnectionError", "ada")]
+    [record] = [r for r in caplog.records if r.name == "afterwork.background"]
+    assert record.getMessage().endswith(
+        "upload failed with ConnectionError: storage went away during avatar.png"
+    )
+    assert await runner.drain(5) == 0
+
+
 async def test_each_call_sees_its_own_requests_context_variables(events: Any) -> None:
     runner = DetachedRunner()
     seen: list[tuple[str | None, str | None]] = []

@@ -70,11 +70,23 @@ class _Batch:
         return {t.name for _, tasks, _ in work for t in tasks}
 
 
+#: ``_resume``'s ``waiting_on`` for a coroutine that has not started.
+_NOT_STARTED = object()
+
+
 @types.coroutine
 def _resume(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context, waiting_on: Any
+    coro: Coroutine[Any, Any, Any], context: contextvars.Context, waiting_on: Any = _NOT_STARTED
 ) -> Generator[Any, Any, None]:
-    """The rest of a coroutine whose first step has run: each step in ``context``."""
+    """Run a coroutine, or the rest of one whose first step has run, each step in ``context``.
+
+    ``waiting_on`` is what that first step yielded.
+    """
+    if waiting_on is _NOT_STARTED:
+        try:
+            waiting_on = context.run(coro.send, None)
+        except StopIteration:
+            return
     while True:
         try:
             value = yield waiting_on
@@ -134,19 +146,33 @@ class DetachedRunner:
         try:
             while waiting:
                 owner, tasks, context = work = waiting.popleft()
-                coro = self._call(owner, tasks[0]) if len(tasks) == 1 else owner.run_all(tasks)
+                call = tasks[0]
+                # A coroutine function's coroutine is stepped as it is, without a wrapper
+                # (once per request); anything else goes through run_all.
+                bare = len(tasks) == 1 and call.is_async
                 try:
+                    coro = call.func(*call.args, **call.kwargs) if bare else owner.run_all(tasks)
                     waiting_on = context.run(coro.send, None)
                 except StopIteration:
                     continue
                 except asyncio.CancelledError:  # the call cancelled itself: not the others
                     continue
+                except Exception as exc:  # it failed before it waited: report it in its place
+                    bare = False
+                    coro = owner.failed(call, exc)
+                    try:
+                        waiting_on = context.run(coro.send, None)
+                    except StopIteration:
+                        continue
                 # It waits: this task is its own from now on, the rest go to a new one.
                 if self._open is batch:
                     self._open = None
                 batch.current = work
                 self._hand_over(waiting)
-                await _resume(coro, context, waiting_on)
+                if bare:
+                    await self._finish(owner, call, coro, context, waiting_on)
+                else:
+                    await _resume(coro, context, waiting_on)
                 return
         finally:
             if self._open is batch:
@@ -160,15 +186,18 @@ class DetachedRunner:
             waiting.clear()
 
     @staticmethod
-    async def _call(owner: BackgroundTasks, task: BackgroundTask) -> None:
-        # BackgroundTasks.run_one without its context change: once per request.
+    async def _finish(
+        owner: BackgroundTasks,
+        call: BackgroundTask,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+        waiting_on: Any,
+    ) -> None:
+        """The rest of a call's coroutine, then its failure report if it fails."""
         try:
-            if task.is_async:
-                await task.func(*task.args, **task.kwargs)
-            else:
-                await task.run()
+            await _resume(coro, context, waiting_on)
         except Exception as exc:
-            await owner.failed(task, exc)
+            await _resume(owner.failed(call, exc), context)
 
     @property
     def running(self) -> int:
