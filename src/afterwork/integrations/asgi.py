@@ -91,7 +91,7 @@ def _resume(
         try:
             value = yield waiting_on
         except GeneratorExit:
-            coro.close()
+            context.run(coro.close)  # its finally blocks see its context variables
             raise
         except BaseException as exc:  # a cancellation the task delivers
             try:
