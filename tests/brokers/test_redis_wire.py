@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from records import job
-from redis_servers import free_port
-from services import require_service
+from redis_servers import REDIS_SERVER, RedisServer, free_port
+from services import require_service, service_unavailable
 
 from afterwork.brokers import create_broker
 from afterwork.brokers.redis import RedisBroker
@@ -172,3 +175,56 @@ async def test_where_functions_cannot_be_loaded_the_scripts_run_by_evalsha(broke
         await limited.delete_all()
         await limited.close()
         await broker._redis.send([("ACL", "DELUSER", user)])
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server that speaks TLS (on its tls_port) with a self-signed certificate
+    and wants a password."""
+    if REDIS_SERVER is None:
+        service_unavailable("redis-server", "rediss://127.0.0.1", "redis-server is not installed")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed, so no certificate can be made for a TLS test")
+    directory = tmp_path_factory.mktemp("tls-redis")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    server = RedisServer(
+        directory, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-auth-clients", "no", "--requirepass", SECRET,
+    ).start()  # fmt: skip
+    yield tls_port, cert
+    server.stop()
+
+
+async def test_a_tls_url_reaches_a_tls_server_and_checks_its_certificate(
+    tls_server: tuple[int, Path],
+):
+    port, cert = tls_server
+    trusted = create_broker(
+        f"rediss://:{SECRET}@127.0.0.1:{port}/0?ssl_ca_certs={cert}&prefix=tls",
+        clock=ManualClock(),
+    )
+    unchecked = create_broker(
+        f"rediss://:{SECRET}@127.0.0.1:{port}/0?ssl_cert_reqs=none&prefix=tls",
+        clock=ManualClock(),
+    )
+    strangers = create_broker(f"rediss://:{SECRET}@127.0.0.1:{port}/0", clock=ManualClock())
+    try:
+        await trusted.connect()
+        await trusted.enqueue([job("j1", trusted.clock)])
+        await unchecked.connect()
+        [claimed] = await unchecked.reserve(["default"], 1, worker="w1", lease=30)
+        assert claimed.id == "j1"
+
+        with pytest.raises(BrokerConnectionError, match="certificate") as raised:
+            await strangers.connect()  # a self-signed certificate nobody said to trust
+        assert SECRET not in str(raised.value)
+    finally:
+        for broker in (trusted, unchecked, strangers):
+            await broker.close()
