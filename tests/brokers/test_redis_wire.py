@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from records import job
 from redis_servers import REDIS_SERVER, RedisServer, free_port
@@ -24,7 +25,7 @@ from afterwork.brokers.redis import RedisBroker
 from afterwork.brokers.redis_connection import RedisConnection
 from afterwork.brokers.redis_wire import Address, WireConnection
 from afterwork.clock import ManualClock
-from afterwork.errors import BrokerConnectionError, InvalidURL
+from afterwork.errors import BrokerConnectionError, BrokerError, InvalidURL
 
 SERVER = os.environ.get("AFTERWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15").split("?")[0]
 SECRET = "s3cret-Pa55"
@@ -228,3 +229,83 @@ async def test_a_tls_url_reaches_a_tls_server_and_checks_its_certificate(
     finally:
         for broker in (trusted, unchecked, strangers):
             await broker.close()
+
+
+async def test_an_argument_redis_cannot_carry_fails_that_call_and_the_connection_goes_on(
+    broker: RedisBroker,
+):
+    await broker.enqueue([job("kept", broker.clock)])
+    odd = msgspec.structs.replace(job("odd", broker.clock), payload=bytearray(b"[[], {}]"))
+
+    with pytest.raises(BrokerError, match=r"cannot send \w+ to Redis.*bytearray"):
+        await broker.enqueue([odd])
+
+    found = await asyncio.gather(*(broker.get(i) for i in ("kept", "odd", "kept")))
+    assert [r.id if r else None for r in found] == ["kept", None, "kept"]
+
+
+async def test_a_caller_cancelled_while_the_connection_opens_does_not_cancel_the_others():
+    require_service("Redis", SERVER)
+    made = create_broker(f"{SERVER}?prefix=t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    first = asyncio.create_task(made.get("a"))
+    second = asyncio.create_task(made.get("b"))
+    await asyncio.sleep(0)  # both wait for the one connection being opened
+
+    first.cancel()
+
+    assert await asyncio.wait_for(second, 5) is None
+    assert first.cancelled()
+    await made.close()
+
+
+async def test_calls_made_before_connect_run_as_soon_as_the_scripts_are_loaded():
+    require_service("Redis", SERVER)
+    made = create_broker(f"{SERVER}?prefix=t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    assert isinstance(made, RedisBroker)
+    try:
+        [stored] = await made.enqueue([job("j1", made.clock)])  # no connect() first
+        [claimed] = await made.reserve(["default"], 1, worker="w1", lease=30)
+
+        assert (stored.id, claimed.id) == ("j1", "j1")
+    finally:
+        await made.delete_all()
+        await made.close()
+
+
+async def test_a_password_changed_under_a_running_app_gives_a_connection_error(tmp_path: Path):
+    if REDIS_SERVER is None:
+        service_unavailable("redis-server", "redis://127.0.0.1", "redis-server is not installed")
+    server = RedisServer(tmp_path, "--requirepass", SECRET).start()
+    made = create_broker(f"redis://:{SECRET}@127.0.0.1:{server.port}/0", clock=ManualClock())
+    try:
+        await made.connect()
+        server.cli("-a", SECRET, "--no-auth-warning", "CONFIG", "SET", "requirepass", "rotated")
+        server.cli("-a", "rotated", "--no-auth-warning", "CLIENT", "KILL", "TYPE", "normal")
+
+        with pytest.raises(BrokerConnectionError, match=r"WRONGPASS|invalid") as raised:
+            await made.get("j1")
+        assert SECRET not in str(raised.value)
+    finally:
+        await made.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "fault"),
+    [
+        ("rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=true", "TLS options"),
+        ("rediss://h/0?ssl_ca_certs=/no/such/ca.pem", "TLS options"),
+    ],
+)
+def test_tls_options_that_cannot_work_are_refused_with_the_url(url: str, fault: str):
+    with pytest.raises(InvalidURL, match=fault):
+        create_broker(url, clock=ManualClock())
+
+
+def test_a_cluster_url_passes_redis_py_options_on():
+    broker = create_broker(
+        "redis://node-1:7000?cluster=yes&read_from_replicas=yes", clock=ManualClock()
+    )
+
+    assert isinstance(broker, RedisBroker)
+    assert broker.cluster

@@ -134,7 +134,15 @@ class RedisBroker(RedisReadSide, Broker):
 
     async def _all_queues(self) -> list[QueueKeys]:
         [names] = await self._redis.pipeline([("SMEMBERS", f"{self._global}queues")])
-        return [self._queue(n.decode()) for n in sorted(names)]
+        return [self._queue(n) for n in self._registry(names)]
+
+    def _registry(self, members: Any) -> list[str]:
+        """The registry's queue names; a queue this process added that is missing (a
+        server that lost its data) is added again with the next enqueue."""
+        names = sorted(n.decode() for n in members)
+        for lost in [q for q in self._registered if q not in names]:
+            del self._registered[lost]
+        return names
 
     async def _locate(self, job_ids: Sequence[str]) -> dict[str, QueueKeys]:
         """The queues of jobs: known if this broker enqueued or claimed them, else asked
@@ -150,7 +158,7 @@ class RedisBroker(RedisReadSide, Broker):
         )
         found.update(self._found(unknown, known, replies[1:]))
         names = {q.name for q in known}
-        others = [self._queue(n.decode()) for n in sorted(replies[0]) if n.decode() not in names]
+        others = [self._queue(n) for n in self._registry(replies[0]) if n not in names]
         unknown = [i for i in unknown if i not in found]
         if unknown and others:
             replies = await self._redis.pipeline(

@@ -31,7 +31,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BrokerConnectionError, BrokerError, InvalidURL
 from . import redact
-from .redis_wire import Address, ReplyError, WireConnection
+from .redis_wire import (
+    Address,
+    ConnectionLost,
+    ReplyError,
+    ReplyOverdue,
+    UnsendableCommand,
+    WireConnection,
+)
 from .sql import load_queries
 
 #: Keys start with this unless the URL says ``?prefix=...``.
@@ -39,6 +46,15 @@ DEFAULT_PREFIX = "afterwork"
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SOCKET_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
+#: A connection idle this long is asked for a PING before it is used again: one
+#: whose peer vanished (a NAT or load balancer dropped it) would otherwise hold
+#: the call for the whole socket timeout.
+HEALTH_CHECK_AFTER = 30.0
+#: A round trip that finds no server (refused, reset: a restart) is tried again
+#: after each of these pauses, on a new connection.
+RETRY_BACKOFF = (0.05, 0.2, 0.5)
+#: Error replies that say the server cannot serve now, not that the call is wrong.
+_UNAVAILABLE = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY")
 
 _SOURCE = load_queries("redis.lua")
 _BODIES = {name: body for name, body in _SOURCE.items() if name != "common"}
@@ -99,15 +115,20 @@ class _LoopState:
     """What one event loop uses: a shared connection for round trips, idle
     connections for blocking commands, or (on a cluster) redis-py's client."""
 
-    __slots__ = ("cluster_client", "conn", "idle", "opening")
+    __slots__ = ("closed", "cluster_client", "conn", "idle", "loop_time", "opening")
 
     def __init__(self) -> None:
         self.conn: WireConnection | None = None
         self.opening: asyncio.Future[WireConnection] | None = None
         self.idle: list[WireConnection] = []
         self.cluster_client: Any = None
+        self.loop_time = asyncio.get_running_loop().time
+        #: Once closed, a connection that comes back from use (or from opening) is
+        #: closed instead of kept.
+        self.closed = False
 
     async def aclose(self) -> None:
+        self.closed = True
         connections = [*self.idle, *([self.conn] if self.conn is not None else [])]
         self.idle, self.conn = [], None
         for connection in connections:
@@ -133,7 +154,7 @@ class RedisConnection:
         self.cluster = cluster
         self._client_url = client_url
         self._address = Address.from_url(
-            client_url, connect_timeout=CONNECT_TIMEOUT, timeout=SOCKET_TIMEOUT
+            client_url, connect_timeout=CONNECT_TIMEOUT, timeout=SOCKET_TIMEOUT, strict=not cluster
         )
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, tuple[_LoopState, AsyncGenerator[None]]] = {}
@@ -188,16 +209,29 @@ class RedisConnection:
     async def _shared(self, state: _LoopState) -> WireConnection:
         conn = state.conn
         if conn is not None and not conn.closed:
-            return conn
+            if state.loop_time() - conn.last_used < HEALTH_CHECK_AFTER:
+                return conn
+            if await self._answers(conn):  # idle a while: a dead peer would hang the call
+                return conn
         if state.opening is None:  # one opening at a time; the others wait for it
             state.opening = asyncio.ensure_future(self._open())
-            opening = state.opening
-            try:
-                state.conn = await opening
-            finally:
-                state.opening = None
-            return state.conn
-        return await asyncio.shield(state.opening)
+            state.opening.add_done_callback(lambda _: setattr(state, "opening", None))
+        # Shielded for every waiter: one cancelled must not cancel the others' opening.
+        conn = await asyncio.shield(state.opening)
+        if state.closed:
+            conn.close()
+            raise ConnectionLost("the connection was closed with the broker")
+        state.conn = conn
+        return conn
+
+    async def _answers(self, conn: WireConnection) -> bool:
+        """Whether an idle connection still answers a ``PING`` (closed if it does not)."""
+        try:
+            await asyncio.wait_for(conn.send([("PING",)]), self._address.connect_timeout)
+            return True
+        except OSError:  # TimeoutError included
+            conn.close()
+            return False
 
     async def client(self) -> Any:
         """This event loop's redis-py cluster client (only on a cluster)."""
@@ -235,16 +269,18 @@ class RedisConnection:
             ) from exc
 
     async def _load_scripts(self) -> None:
+        """Load the scripts for ``EVALSHA`` and, on a single Redis 7, as a function library.
+
+        Both, so a call made before the library was known (or after it failed to
+        load once) still runs; loading is one round trip.
+        """
         if self.cluster:  # redis-py loads them on every node
             client = await self.client()
             replies = [await client.script_load(text) for text in SCRIPTS.values()]
         else:
-            [library] = await self.send([("FUNCTION", "LOAD", "REPLACE", LIBRARY)])
+            loads = [("SCRIPT", "LOAD", text) for text in SCRIPTS.values()]
+            library, *replies = await self.send([("FUNCTION", "LOAD", "REPLACE", LIBRARY), *loads])
             self.functions = not isinstance(library, ReplyError)  # before Redis 7: EVALSHA
-            if self.functions:
-                self._scripts_loaded = True
-                return
-            replies = await self.send([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
         for name, sha in zip(SCRIPTS, replies, strict=True):
             if isinstance(sha, Exception):
                 raise sha
@@ -273,11 +309,17 @@ class RedisConnection:
             yield
         except BrokerError:
             raise
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, OSError, RedisRefused) as exc:
             raise BrokerConnectionError(
                 f"lost the connection to Redis at {redact(self.url)} while {action}: {exc}"
             ) from exc
-        except (RedisError, ReplyError) as exc:
+        except ReplyError as exc:
+            if str(exc).startswith(_UNAVAILABLE):  # loading, busy, failing over: for now
+                raise BrokerConnectionError(
+                    f"Redis at {redact(self.url)} is not available while {action}: {exc}"
+                ) from exc
+            raise BrokerError(f"Redis at {redact(self.url)} failed while {action}: {exc}") from exc
+        except (RedisError, UnsendableCommand) as exc:
             raise BrokerError(f"Redis at {redact(self.url)} failed while {action}: {exc}") from exc
 
     async def pipeline(
@@ -314,22 +356,24 @@ class RedisConnection:
     async def _send_as_built(
         self, commands: Iterable[Command], then: Sequence[Command]
     ) -> tuple[list[Command], list[Any]]:
-        conn = await self._shared(await self._state())
+        source = iter(commands)
         sent: list[Command] = []
         replies: list[asyncio.Future[list[Any]]] = []
-        for command in commands:
-            sent.append(command)
-            replies.append(conn.send((command,)))
-        replies.append(conn.send(then))
-        results: list[Any] = []
-        failure: BaseException | None = None
-        for reply in replies:  # every one awaited, so none is left unretrieved
-            try:
+        try:
+            conn = await self._shared(await self._state())
+            for command in source:
+                sent.append(command)
+                replies.append(conn.send((command,)))
+                replies[-1].add_done_callback(_retrieve)
+            replies.append(conn.send(then))
+            results: list[Any] = []
+            for reply in replies:
                 results += await reply
-            except Exception as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        except ReplyOverdue:
+            raise
+        except OSError:  # the connection went: all of it again (enqueue stores a job once)
+            sent += source
+            results = await self.send([*sent, *then])
         return sent, results[: len(sent)]
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
@@ -342,8 +386,18 @@ class RedisConnection:
                 pipe.execute_command(*command)
             results: list[Any] = await pipe.execute(raise_on_error=False)
             return results
-        conn = await self._shared(await self._state())
-        return await conn.send(commands)
+        state = await self._state()
+        for backoff in (*RETRY_BACKOFF, None):
+            try:
+                conn = await self._shared(state)
+                return await conn.send(commands)
+            except ReplyOverdue:  # waited the whole timeout already: not again
+                raise
+            except OSError:  # refused or reset: the server may be restarting
+                if backoff is None or state.closed:
+                    raise
+                await asyncio.sleep(backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def block(
         self, command: Command, timeout: float, then: Sequence[Command] = ()
@@ -358,20 +412,31 @@ class RedisConnection:
             reply = await (await self.client()).execute_command(*command)
             return [reply, *(await self.pipeline(then))]
         state = await self._state()
-        while state.idle and state.idle[-1].closed:  # the server closed it while idle
-            state.idle.pop()
-        conn = state.idle.pop() if state.idle else await self._open()
+        conn = await self._idle(state)
         try:
             replies = await conn.send([command, *then], block=timeout)
         except BaseException:
             conn.close()
             raise
-        if not conn.closed:
+        if state.closed:
+            conn.close()
+        elif not conn.closed:
             state.idle.append(conn)
         for reply in replies[1:]:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def _idle(self, state: _LoopState) -> WireConnection:
+        """A connection for a blocking command: an idle one that still answers, or a new one."""
+        while state.idle:
+            conn = state.idle.pop()
+            if conn.closed:  # the server closed it while idle
+                continue
+            fresh = state.loop_time() - conn.last_used < HEALTH_CHECK_AFTER
+            if fresh or await self._answers(conn):
+                return conn
+        return await self._open()
 
     async def keys_matching(self, pattern: str) -> list[bytes]:
         """Every key that matches ``pattern`` (``SCAN``, on every node of a cluster)."""
@@ -391,6 +456,13 @@ class RedisConnection:
 
 class RedisRefused(Exception):
     """The server refused the greeting (a wrong password, a database it does not have)."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a round trip's failure seen: its caller may have gone (cancelled) or be
+    waiting on another that failed first."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _no_script(reply: Any) -> bool:

@@ -57,6 +57,26 @@ class ConnectionLost(ConnectionError):
     """The connection closed (or was closed as overdue) before every reply came."""
 
 
+class ReplyOverdue(ConnectionLost):
+    """No reply within the socket timeout: the connection was given up."""
+
+
+class UnsendableCommand(ValueError):
+    """An argument RESP cannot carry (only bytes, str, int and float can go)."""
+
+
+def _pack(command: Command) -> bytes:
+    try:
+        packed: bytes = hiredis.pack_command(command)
+        return packed
+    except (TypeError, UnicodeEncodeError) as exc:
+        kinds = ", ".join(sorted({type(a).__name__ for a in command}))
+        raise UnsendableCommand(
+            f"cannot send {command[0]} to Redis: {exc} (its arguments are {kinds}; Redis takes "
+            "bytes, str, int and float)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Address:
     """Where a server is and how to greet it, from its URL."""
@@ -73,17 +93,26 @@ class Address:
     timeout: float = 30.0
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout: float, timeout: float) -> Address:
+    def from_url(
+        cls, url: str, *, connect_timeout: float, timeout: float, strict: bool = True
+    ) -> Address:
+        """``strict=False`` lets options this connection does not know pass (a cluster's
+        URL goes to redis-py, which knows more)."""
         options: dict[str, Any] = dict(parse_url(url))
         unknown = sorted(set(options) - OPTIONS - _PARSED)
-        if unknown:
+        if unknown and strict:
             raise InvalidURL(
                 f"invalid Redis URL {redact(url)!r}: unknown option {', '.join(unknown)}; "
                 f"use prefix, cluster or {', '.join(sorted(OPTIONS))}"
             )
         tls = None
         if url.startswith("rediss:"):
-            tls = _tls_context(options)
+            try:
+                tls = _tls_context(options)
+            except (ValueError, OSError) as exc:
+                raise InvalidURL(
+                    f"invalid Redis URL {redact(url)!r}: its TLS options: {exc}"
+                ) from None
         return cls(
             host=options.get("host") or "127.0.0.1",
             port=int(options.get("port") or 6379),
@@ -136,6 +165,8 @@ class WireConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
+        #: When the last round trip was sent (the event loop's clock).
+        self.last_used = self._loop.time()
 
     @classmethod
     async def open(cls, address: Address) -> WireConnection:
@@ -220,12 +251,16 @@ class WireConnection(asyncio.Protocol):
         if self.closed or self._transport is None:
             future.set_exception(ConnectionLost("the connection is closed"))
             return future
-        deadline = self._loop.time() + self.address.timeout + block
-        self._waiting.append(_RoundTrip(future, len(commands), deadline))
+        # Packed before anything is queued: a command that cannot be sent must not
+        # leave a round trip waiting for a reply that will never come.
         if len(commands) == 1:
-            self._transport.write(hiredis.pack_command(commands[0]))
+            packed = _pack(commands[0])
         else:
-            self._transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+            packed = b"".join([_pack(c) for c in commands])
+        now = self._loop.time()
+        self.last_used = now
+        self._waiting.append(_RoundTrip(future, len(commands), now + self.address.timeout + block))
+        self._transport.write(packed)
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(WATCHDOG_EVERY, self._watch)
         return future
@@ -236,7 +271,7 @@ class WireConnection(asyncio.Protocol):
             return
         if self._loop.time() > self._waiting[0].deadline:
             self._fail(
-                ConnectionLost(f"no reply within {self.address.timeout:g}s; closed the connection")
+                ReplyOverdue(f"no reply within {self.address.timeout:g}s; closed the connection")
             )
             return
         self._watchdog = self._loop.call_later(WATCHDOG_EVERY, self._watch)
