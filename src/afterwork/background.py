@@ -18,10 +18,9 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from inspect import CO_COROUTINE
-from types import FunctionType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
+from .callables import callable_name, is_async_callable
 from .errors import OutsideRequest
 
 if TYPE_CHECKING:
@@ -50,22 +49,6 @@ _current_tasks: contextvars.ContextVar[BackgroundTasks | None] = contextvars.Con
 )
 
 
-def _name(func: Callable[..., Any]) -> str:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return getattr(func, "__qualname__", None) or type(func).__name__
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    if type(func) is FunctionType and func.__code__.co_flags & CO_COROUTINE:
-        return True  # the common case, without inspect's slower checks
-    while isinstance(func, functools.partial):
-        func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
-    )
-
-
 def _outside_request(what: str) -> OutsideRequest:
     return OutsideRequest(
         f"{what} was called outside a request; it needs AfterworkMiddleware (or a framework "
@@ -87,7 +70,7 @@ class BackgroundTask(_Accepted):
         self.func: Callable[..., Any] = func
         self.args: tuple[Any, ...] = args  # type: ignore[assignment]
         self.kwargs: dict[str, Any] = kwargs  # type: ignore[assignment]
-        self.is_async = _is_async(func)
+        self.is_async = is_async_callable(func)
         #: The context variables it runs with: those of the code that created it.
         self.context = contextvars.copy_context()
 
@@ -96,7 +79,7 @@ class BackgroundTask(_Accepted):
 
     @property
     def name(self) -> str:
-        return _name(self.func)
+        return callable_name(self.func)
 
     async def run(self) -> None:
         """Run the call in the current context, raising what it raises.
@@ -164,7 +147,7 @@ class BackgroundTasks(_Accepted):
 
     def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         if self._sealed:
-            raise _outside_request(f"add_task({_name(func)}) on a finished request's tasks")
+            raise _outside_request(f"add_task({callable_name(func)}) on a finished request's tasks")
         self.tasks.append(BackgroundTask(func, *args, **kwargs))
 
     def seal(self) -> list[BackgroundTask]:
@@ -243,7 +226,7 @@ def after_response(func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs)
     """
     tasks = _current_tasks.get()
     if tasks is None or tasks._sealed:
-        raise _outside_request(f"after_response({_name(func)})")
+        raise _outside_request(f"after_response({callable_name(func)})")
     tasks.tasks.append(BackgroundTask(func, *args, **kwargs))
 
 

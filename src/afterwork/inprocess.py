@@ -17,13 +17,13 @@ import contextlib
 import contextvars
 import enum
 import functools
-import inspect
 import itertools
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .callables import callable_name, is_async_callable
 from .errors import JobCancelled, JobFailed, ResultTimeout, TaskQueueFull, TaskQueueNotRunning
 from .job import JobStatus
 from .threads import DaemonThreadPool
@@ -39,18 +39,6 @@ class _State(enum.Enum):
     SUCCEEDED = JobStatus.SUCCEEDED
     FAILED = JobStatus.FAILED
     CANCELLED = JobStatus.CANCELLED
-
-
-def describe_callable(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or type(func).__name__
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 class LocalJob:
@@ -74,8 +62,8 @@ class LocalJob:
     def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
         self.id = f"local-{next(_ids)}"
         self.func = func
-        self.name = describe_callable(func)
-        self.is_async = _is_async(func)
+        self.name = callable_name(func)
+        self.is_async = is_async_callable(func)
         self.args = args
         self.kwargs = kwargs
         self.context = contextvars.copy_context()
@@ -220,7 +208,7 @@ class InProcessQueue:
         loop = self._loop
         if loop is None or not self._accepting:
             raise TaskQueueNotRunning(
-                f"cannot enqueue {describe_callable(func)}: the in-process queue is not running. "
+                f"cannot enqueue {callable_name(func)}: the in-process queue is not running. "
                 "It runs while the app does: add AfterworkMiddleware(jobs=...) or call "
                 "await jobs.start() at startup (jobs.start_in_thread() in a WSGI app)"
             )
@@ -228,7 +216,7 @@ class InProcessQueue:
             if self._pending >= self.max_pending:
                 raise TaskQueueFull(
                     f"the in-process queue already holds {self.max_pending} jobs, so "
-                    f"{describe_callable(func)} was not queued; the app is overloaded: shed the "
+                    f"{callable_name(func)} was not queued; the app is overloaded: shed the "
                     "work, raise Afterwork(max_pending=...), or use a durable broker with workers"
                 )
             self._pending += 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import inspect
 import logging
 import threading
 from collections.abc import Coroutine
@@ -72,37 +71,13 @@ def _call(task: BackgroundTask) -> None:
         task.func(*task.args, **task.kwargs)
 
 
-def _log_failure(task: BackgroundTask, exc: BaseException) -> None:
-    logger.exception(
-        "background task %s failed with %s: %s",
-        task.name,
-        type(exc).__name__,
-        exc,
-        exc_info=exc,
-        extra={"task": task.name, "error_type": type(exc).__name__},
-    )
-
-
 def run_sync(tasks: BackgroundTasks) -> None:
     """Run every task here and now, in order; failures are logged and never propagate."""
     for task in take(tasks):
         try:
             _context_of(task).run(_call, task)
         except Exception as exc:
-            _log_failure(task, exc)
-            if tasks.on_error is not None:
-                try:
-                    outcome = tasks.on_error(task, exc)
-                    if inspect.isawaitable(outcome):
-                        _run_coroutine(_await(outcome))
-                except Exception:
-                    logger.exception(
-                        "the on_error handler failed for background task %s", task.name
-                    )
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+            _run_coroutine(tasks.failed(task, exc))  # logged, then shown to on_error
 
 
 async def run_async(tasks: BackgroundTasks) -> None:
@@ -119,13 +94,4 @@ async def run_async(tasks: BackgroundTasks) -> None:
                     call = functools.partial(context.run, task.func, *task.args, **task.kwargs)
                     await loop.run_in_executor(None, call)
             except Exception as exc:
-                _log_failure(task, exc)
-                if tasks.on_error is not None:
-                    try:
-                        outcome = tasks.on_error(task, exc)
-                        if inspect.isawaitable(outcome):
-                            await outcome
-                    except Exception:
-                        logger.exception(
-                            "the on_error handler failed for background task %s", task.name
-                        )
+                await tasks.failed(task, exc)
