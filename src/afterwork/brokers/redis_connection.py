@@ -127,6 +127,11 @@ class _LoopState:
         #: closed instead of kept.
         self.closed = False
 
+    def opened(self, opening: asyncio.Future[WireConnection]) -> None:
+        """The opening is over: the next caller without a connection starts another."""
+        self.opening = None
+        _retrieve(opening)  # its waiters may all have gone
+
     async def aclose(self) -> None:
         self.closed = True
         connections = [*self.idle, *([self.conn] if self.conn is not None else [])]
@@ -214,8 +219,8 @@ class RedisConnection:
             if await self._answers(conn):  # idle a while: a dead peer would hang the call
                 return conn
         if state.opening is None:  # one opening at a time; the others wait for it
-            state.opening = asyncio.ensure_future(self._open())
-            state.opening.add_done_callback(lambda _: setattr(state, "opening", None))
+            state.opening = opening = asyncio.ensure_future(self._open())
+            opening.add_done_callback(state.opened)
         # Shielded for every waiter: one cancelled must not cancel the others' opening.
         conn = await asyncio.shield(state.opening)
         if state.closed:
