@@ -15,9 +15,10 @@ import asyncio
 import json
 import sys
 
+from records import job
+
 from afterwork.brokers import create_broker
 from afterwork.clock import Clock
-from afterwork.job import JobRecord, JobStatus
 
 LEASE = 300.0
 
@@ -41,20 +42,7 @@ async def enqueue(url: str, queue: str, job_id: str) -> None:
     broker = create_broker(url, clock=clock)
     await broker.connect()
     try:
-        now = clock.now()
-        job = JobRecord(
-            id=job_id,
-            task="tests.noop",
-            queue=queue,
-            priority=0,
-            payload=b"{}",
-            status=JobStatus.QUEUED,
-            run_at=now,
-            enqueued_at=now,
-            max_attempts=1,
-            result_ttl=60.0,
-        )
-        await broker.enqueue([job])
+        await broker.enqueue([job(job_id, clock, queue=queue, max_attempts=1)])
     finally:
         await broker.close()
 

@@ -9,17 +9,16 @@ from afterwork.job import JobRecord, JobStatus
 
 
 def job(job_id: str, clock: Clock, *, queue: str = "default", **fields: Any) -> JobRecord:
+    """A job ready now; ``fields`` set or override any other field."""
     now = clock.now()
-    return JobRecord(
-        id=job_id,
-        task="tests.noop",
-        queue=queue,
-        priority=0,
-        payload=b"{}",
-        status=JobStatus.QUEUED,
-        run_at=now,
-        enqueued_at=now,
-        max_attempts=3,
-        result_ttl=60.0,
-        **fields,
-    )
+    defaults: dict[str, Any] = {
+        "task": "tests.noop",
+        "priority": 0,
+        "payload": b"{}",
+        "status": JobStatus.QUEUED,
+        "run_at": now,
+        "enqueued_at": now,
+        "max_attempts": 3,
+        "result_ttl": 60.0,
+    }
+    return JobRecord(id=job_id, queue=queue, **(defaults | fields))
