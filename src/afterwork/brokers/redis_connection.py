@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -108,7 +108,15 @@ def parse_redis_url(url: str) -> tuple[str, str, bool]:
             cluster = value.lower() in ("yes", "true", "1")
         else:
             rest.append((name, value))
-    return parts._replace(query=urlencode(rest)).geturl(), prefix, cluster
+    return _with_query(parts, urlencode(rest)), prefix, cluster
+
+
+def _with_query(parts: SplitResult, query: str) -> str:
+    """The URL with another query, keeping its ``//``: ``urlunsplit`` drops it when the
+    host is empty (``unix:///run/redis.sock`` would become ``unix:/run/redis.sock``,
+    which redis-py 8 refuses)."""
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return url + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 class _LoopState:
