@@ -49,6 +49,10 @@ async def typed_async(*stamps: dt.datetime, sent: dt.date, **extra: uuid.UUID) -
     received.append((stamps, sent, extra))
 
 
+def file_paths(source: Path, targets: list[Path], label: Any) -> None:
+    received.append((source, targets, label))
+
+
 def untyped(when, anything: Any, text: str, count: float):  # type: ignore[no-untyped-def]
     received.append((when, anything, text, count))
 
@@ -112,6 +116,15 @@ async def test_annotated_parameters_receive_the_types_json_cannot_carry(app: Aft
         )
     ]
     assert type(received[0][0]) is dt.datetime
+
+
+async def test_paths_travel_as_text_and_arrive_as_paths_where_annotated(app: Afterwork) -> None:
+    handle = await app.task(file_paths).aenqueue(
+        Path("/srv/in.csv"), [Path("out/a.csv")], label=Path("/tmp/label")
+    )
+    await run_burst(app)
+    await handle.aresult(timeout=5)
+    assert received == [(Path("/srv/in.csv"), [Path("out/a.csv")], "/tmp/label")]
 
 
 async def test_star_args_keyword_only_and_star_kwargs_are_converted_too(app: Afterwork) -> None:

@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -55,15 +56,15 @@ def load_app(path: str) -> Afterwork:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except AfterworkError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
             raise click.ClickException(
                 f"cannot import module {module_name!r} (from APP {path!r}); "
                 "run the command from your project's directory"
             ) from None
-        raise
+        raise click.ClickException(_import_failure(path, exc)) from None
+    except Exception as exc:  # the app's own code failed while importing: say where
+        raise click.ClickException(_import_failure(path, exc)) from None
     try:
         app = functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
@@ -73,6 +74,34 @@ def load_app(path: str) -> Afterwork:
     if not isinstance(app, Afterwork):
         raise click.ClickException(f"{path} is a {type(app).__name__}, not an Afterwork app")
     return app
+
+
+def _import_failure(path: str, exc: Exception) -> str:
+    """One line for an app whose import raised: the error, and the line of the user's
+    code that led to it (not importlib's or afterwork's frames)."""
+    message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    what = message if isinstance(exc, AfterworkError) else f"{type(exc).__name__}: {message}"
+    where = _user_location(exc)
+    return f"cannot load {path}: {what}" + (f" ({where})" if where else "")
+
+
+def _user_location(exc: BaseException) -> str | None:
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{_shown_path(exc.filename)}, line {exc.lineno}"
+    ours = os.path.dirname(__file__) + os.sep
+    libraries = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.startswith(("<", ours)) or any(filename.startswith(p) for p in libraries):
+            continue
+        found = f"{_shown_path(filename)}, line {line}"
+    return found
+
+
+def _shown_path(filename: str) -> str:
+    relative = os.path.relpath(filename)
+    return filename if relative.startswith("..") else relative
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

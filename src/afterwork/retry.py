@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .errors import ConfigurationError
 from .schedule import DurationLike, parse_duration
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -31,17 +32,19 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be an int of 1 or more; got {self.max_attempts!r}")
+            raise ConfigurationError(
+                f"max_attempts must be an int of 1 or more; got {self.max_attempts!r}"
+            )
         if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("base_delay and max_delay must be zero or more seconds")
+            raise ConfigurationError("base_delay and max_delay must be zero or more seconds")
         if self.factor < 1:
-            raise ValueError(f"factor must be 1 or more; got {self.factor!r}")
+            raise ConfigurationError(f"factor must be 1 or more; got {self.factor!r}")
 
     @classmethod
     def retries(cls, count: int) -> RetryPolicy:
         """``count`` retries after the first attempt, with the default backoff."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"retries must be an int of 0 or more; got {count!r}")
+            raise ConfigurationError(f"retries must be an int of 0 or more; got {count!r}")
         return cls(max_attempts=count + 1)
 
     def delay(self, attempt: int) -> float:

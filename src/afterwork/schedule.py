@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from .errors import TaskConfigurationError
+from .errors import ConfigurationError, TaskConfigurationError
 
 DurationLike = int | float | str | timedelta
 
@@ -23,12 +23,12 @@ _FORMS = '"30s", "5m", "1h", "1d", "1h30m", "250ms", a number of seconds or a ti
 
 
 def parse_duration(value: DurationLike, *, what: str = "duration") -> float:
-    """Return ``value`` in seconds; raise ``ValueError`` naming the input if it is not one.
+    """Return ``value`` in seconds; raise ``ConfigurationError`` naming the input if it is not one.
 
     Negative durations are refused: nothing in afterwork waits a negative time.
     """
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be {_FORMS}; got {value!r}")
+        raise ConfigurationError(f"{what} must be {_FORMS}; got {value!r}")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float):
@@ -36,9 +36,9 @@ def parse_duration(value: DurationLike, *, what: str = "duration") -> float:
     elif isinstance(value, str):
         seconds = _parse_text(value.strip().lower(), what)
     else:
-        raise ValueError(f"{what} must be {_FORMS}; got {value!r}")
+        raise ConfigurationError(f"{what} must be {_FORMS}; got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{what} must be zero or more seconds; got {value!r}")
+        raise ConfigurationError(f"{what} must be zero or more seconds; got {value!r}")
     return seconds
 
 
@@ -56,16 +56,16 @@ def _parse_text(text: str, what: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos == start or pos != len(text):
-        raise ValueError(f"{what} {text!r} is not understood; use {_FORMS}")
+        raise ConfigurationError(f"{what} {text!r} is not understood; use {_FORMS}")
     return sign * total
 
 
 def to_timestamp(when: datetime, *, what: str = "run_at") -> float:
     """Seconds since the epoch for an aware datetime; naive ones are refused as ambiguous."""
     if not isinstance(when, datetime):
-        raise ValueError(f"{what} must be a timezone-aware datetime; got {when!r}")
+        raise ConfigurationError(f"{what} must be a timezone-aware datetime; got {when!r}")
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{what} {when.isoformat()} has no time zone; pass an aware datetime, "
             "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
         )
@@ -158,7 +158,9 @@ def parse_schedule(
             )
         seconds = parse_duration(every, what=f"{where}: every")
         if seconds <= 0:
-            raise ValueError(f"{where}: every must be more than 0 seconds; got {every!r}")
+            raise TaskConfigurationError(
+                f"{where}: every must be more than 0 seconds; got {every!r}"
+            )
         return Interval(seconds)
     assert cron is not None
     zone = parse_time_zone(tz, where)

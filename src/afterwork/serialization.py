@@ -4,8 +4,8 @@ JSON (msgspec) is the default because a payload can then never run code when
 it is read. Pickle carries any Python object but runs code on load, so it is
 only used when the app asks for it by name.
 
-JSON has no datetime, UUID, Decimal, tuple or set: they arrive as strings and
-lists. :class:`TypeHints` turns them back into what the task's parameters (and
+JSON has no datetime, UUID, Decimal, tuple, set or path: they arrive as strings
+and lists. :class:`TypeHints` turns them back into what the task's parameters (and
 its return value) are annotated with.
 """
 
@@ -16,6 +16,7 @@ import pickle
 import reprlib
 import typing
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import Any, Protocol
 
 import msgspec
@@ -41,7 +42,7 @@ class JSONSerializer:
     name = "json"
 
     def __init__(self) -> None:
-        self._encoder = msgspec.json.Encoder()
+        self._encoder = msgspec.json.Encoder(enc_hook=_encode_other)
         self._decoder = msgspec.json.Decoder()
 
     def dumps(self, value: Any) -> bytes:
@@ -49,6 +50,13 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         return self._decoder.decode(data)
+
+
+def _encode_other(value: Any) -> Any:
+    """Paths travel as their text (a ``Path`` parameter gets a ``Path`` back)."""
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not supported")
 
 
 class PickleSerializer:
@@ -86,8 +94,9 @@ def encode_arguments(
         raise SerializationError(
             f"cannot enqueue {task}: argument {culprit} cannot be encoded as "
             f"{serializer.name} ({exc}). Pass plain data such as an id instead of the object "
-            "(str, int, float, bool, None, list, dict; datetime, date, UUID, Decimal, tuple "
-            "and set arrive as such when the task's parameter is annotated with that type), "
+            "(str, int, float, bool, None, list, dict; datetime, date, UUID, Decimal, tuple, "
+            "set and Path arrive as such when the task's parameter is annotated with that "
+            "type), "
             "or configure Afterwork(serializer='pickle')"
         ) from exc
 
@@ -128,7 +137,16 @@ def _convertible(hint: Any) -> bool:
         info = msgspec.inspect.type_info(hint)
     except Exception:
         return False
-    return not isinstance(info, msgspec.inspect.AnyType | msgspec.inspect.CustomType)
+    if isinstance(info, msgspec.inspect.CustomType):
+        return isinstance(info.cls, type) and issubclass(info.cls, PurePath)
+    return not isinstance(info, msgspec.inspect.AnyType)
+
+
+def _decode_other(hint: Any, value: Any) -> Any:
+    """Builds the types :func:`_encode_other` sent as text."""
+    if isinstance(hint, type) and issubclass(hint, PurePath) and isinstance(value, str):
+        return hint(value)
+    raise NotImplementedError
 
 
 def type_name(hint: Any) -> str:
@@ -216,7 +234,7 @@ def _convert(task: str, name: str, value: Any, hint: Any) -> Any:
     if isinstance(hint, type) and isinstance(value, hint):
         return value
     try:
-        return msgspec.convert(value, type=hint, strict=False)
+        return msgspec.convert(value, type=hint, strict=False, dec_hook=_decode_other)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
         raise SerializationError(
             f"cannot run {task}: argument {name!r} is {reprlib.repr(value)}, which is not "

@@ -374,3 +374,50 @@ def test_a_command_that_cannot_work_says_why_in_one_line_and_exits_non_zero(
     [line] = done.stderr.splitlines()
     assert line.startswith("Error: ")
     assert message in line
+
+
+BROKEN_APPS = {
+    "a bad every=": (
+        "from afterwork import Afterwork\njobs = Afterwork()\n\n"
+        "@jobs.periodic(every='5 minutes')\ndef tick():\n    pass\n",
+        "every '5 minutes' is not understood",
+        "line 4",
+    ),
+    "a bad using(delay=)": (
+        "from afterwork import Afterwork\njobs = Afterwork()\n\n@jobs.task\ndef echo(x):\n"
+        "    return x\n\nlater = echo.using(delay='soon')\n",
+        "delay 'soon' is not understood",
+        "line 8",
+    ),
+    "a missing dependency": (
+        "from afterwork import Afterwork\nimport no_such_dependency\n",
+        "ModuleNotFoundError: No module named 'no_such_dependency'",
+        "line 2",
+    ),
+    "an error in the app's code": (
+        "from afterwork import Afterwork\n\nRATE = 1 / 0\n",
+        "ZeroDivisionError: division by zero",
+        "line 3",
+    ),
+    "a syntax error": (
+        "from afterwork import Afterwork\njobs = Afterwork(\n",
+        "SyntaxError: '(' was never closed",
+        "line 2",
+    ),
+}
+
+
+@pytest.mark.parametrize(("source", "message", "line"), BROKEN_APPS.values(), ids=BROKEN_APPS)
+@pytest.mark.parametrize("command", ["status", "worker"])
+def test_an_app_whose_import_fails_is_one_line_with_the_error_and_where_it_is(
+    procs: Processes, tmp_path: Path, command: str, source: str, message: str, line: str
+) -> None:
+    (tmp_path / "broken_app.py").write_text(source)
+
+    done = procs.run(command, "broken_app:jobs")
+
+    assert done.returncode != 0
+    [shown] = done.stderr.splitlines()
+    assert shown.startswith("Error: cannot load broken_app:jobs: ")
+    assert message in shown
+    assert shown.endswith(f"(broken_app.py, {line})")
