@@ -92,6 +92,7 @@ class Afterwork:
         self.hooks = HookRunner(list(hooks))
         self.portal = Portal()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._task_resolvers: list[Callable[[str], Task[Any, Any] | None]] = []
         #: Periodic tasks by name; every worker's scheduler fires them.
         self.schedules: dict[str, Periodic] = {}
         self.broker: Broker = create_broker(
@@ -249,6 +250,16 @@ class Afterwork:
 
         return decorate
 
+    def add_task_resolver(self, resolver: Callable[[str], Task[Any, Any] | None]) -> None:
+        """Let an integration run jobs named after tasks it keeps itself (Django's
+        ``@task`` functions, by their import path), so those names are what the CLI and
+        logs show. :meth:`resolve_task` asks each resolver, in the order added, about a
+        name no registered task has (never an ad hoc one); a resolver returns None for
+        names it does not own, or raises :class:`UnknownTask` to say why it cannot run one
+        it does. Adding a resolver twice changes nothing."""
+        if resolver not in self._task_resolvers:
+            self._task_resolvers.append(resolver)
+
     def resolve_task(self, name: str) -> Task[Any, Any]:
         """The task a job names. Ad hoc ``module:function`` names are imported,
         but only from the app's own package."""
@@ -257,6 +268,10 @@ class Afterwork:
             return task
         if ":" in name:
             return self._import_ad_hoc(name)
+        for resolver in self._task_resolvers:
+            task = resolver(name)
+            if task is not None:
+                return task
         raise UnknownTask(
             f"no task named {name!r} is registered in this worker; make sure the module that "
             "defines it is imported by the app the worker loads"
