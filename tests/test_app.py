@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +67,22 @@ def test_a_url_with_an_unknown_scheme_fails_when_the_app_is_made(
     monkeypatch.setenv("AFTERWORK_URL", url or "bogus")
     with pytest.raises(InvalidURL, match="scheme must be one of"):
         Afterwork(url or None)
+
+
+@pytest.mark.parametrize("url", ["", "  "])
+def test_an_empty_url_is_an_error_not_the_default(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="the broker URL is empty"):
+        Afterwork(url)
+
+
+def test_the_unknown_scheme_error_lists_only_schemes_that_work() -> None:
+    with pytest.raises(InvalidURL) as raised:
+        Afterwork("nope://x")
+
+    listed = str(raised.value).rpartition("one of ")[2].split(", ")
+    assert listed == ["sqlite://", "memory://", "redis://", "rediss://", "unix://"]
+    for url in listed:
+        Afterwork(url + ("/tmp/x.db" if url.startswith("sqlite") else "localhost/0"))
 
 
 @pytest.mark.parametrize(
@@ -254,3 +272,31 @@ async def test_a_job_enqueued_before_the_app_is_connected_connects_it(tmp_path: 
     handle = await jobs.task(record_call).aenqueue()
     assert await handle.astatus() == JobStatus.QUEUED
     await jobs.aclose()
+
+
+def test_an_ad_hoc_function_of_the_running_script_is_refused_at_enqueue(tmp_path: Path) -> None:
+    script = tmp_path / "nightly.py"
+    script.write_text(
+        "from afterwork import Afterwork\n"
+        f"jobs = Afterwork('sqlite:///{tmp_path}/jobs.db')\n"
+        "def cleanup():\n    pass\n"
+        "jobs.enqueue(cleanup)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("afterwork.errors.TaskConfigurationError: cannot enqueue cleanup")
+    assert "defined in the script being run (__main__)" in last
+    assert not (tmp_path / "jobs.db").exists() or "cleanup" not in _stored_tasks(tmp_path)
+
+
+def _stored_tasks(tmp_path: Path) -> str:
+    jobs = Afterwork(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        return " ".join(j.task for j in jobs.portal.call(jobs.broker.list_jobs()))
+    finally:
+        jobs.close()

@@ -9,6 +9,7 @@ import pytest
 
 from afterwork import (
     Afterwork,
+    InvalidArguments,
     JobHandle,
     JobStatus,
     ManualClock,
@@ -355,3 +356,27 @@ def test_prepare_encodes_now_so_a_bad_argument_fails_before_the_batch(app: After
     task = app.task(send_email)
     with pytest.raises(SerializationError):
         app.enqueue_many([task.prepare(1), task.prepare(Mailer())])  # type: ignore[arg-type]
+
+
+BAD_CALLS = {
+    "a missing argument": ((), {}, "missing a required argument: 'user_id'"),
+    "one too many": ((1, "hi", 3), {}, "too many positional arguments"),
+    "a misspelt keyword": ((1,), {"subjet": "hi"}, "unexpected keyword argument 'subjet'"),
+}
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), BAD_CALLS.values(), ids=BAD_CALLS)
+async def test_arguments_that_do_not_fit_the_signature_are_refused_at_enqueue(
+    app: Afterwork, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    task = app.task(send_email)
+
+    for send in (task.enqueue, task.prepare):
+        with pytest.raises(InvalidArguments, match=message) as raised:
+            send(*args, **kwargs)
+        assert task.name in str(raised.value)
+        assert "send_email(user_id, subject='hello')" in str(raised.value)
+    with pytest.raises(InvalidArguments, match=message):
+        await task.aenqueue(*args, **kwargs)
+    assert await app.broker.list_jobs() == []
+    assert isinstance(raised.value, TypeError)

@@ -78,6 +78,11 @@ class Afterwork:
         hooks: Iterable[Hook] = (),
         clock: Clock | None = None,
     ) -> None:
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ConfigurationError(
+                f"Afterwork(url={url!r}): the broker URL is empty; pass one such as "
+                f"{DEFAULT_URL!r}, or leave it out to use {URL_ENV_VAR} or that default"
+            )
         self.url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_URL
         self.serializer = serializer_for(serializer)
         self.result_ttl = parse_duration(result_ttl, what="result_ttl")
@@ -310,6 +315,14 @@ class Afterwork:
         if isinstance(func, Task):
             return func
         check_importable(func, f"ad hoc job {getattr(func, '__qualname__', func)!r}")
+        if getattr(func, "__module__", None) == "__main__":
+            # A worker would have to import the running script under another name,
+            # running its top-level code again; refuse now rather than dead-letter later.
+            raise TaskConfigurationError(
+                f"cannot enqueue {func.__qualname__} as an ad hoc job: it is defined in the "
+                "script being run (__main__), which a worker cannot import. Move it to a "
+                "module of your app's package and import it from there"
+            )
         module = module_name(func)
         if not self._in_home_package(module):
             # A worker would refuse to import it (and dead-letter the job): say so now.

@@ -28,6 +28,10 @@ class MissingDependency(AfterworkError, ImportError):
     """An optional package is needed; the message names the extra to install."""
 
 
+class InvalidArguments(AfterworkError, TypeError):
+    """The arguments given to ``enqueue`` do not fit the task function's signature."""
+
+
 class SerializationError(AfterworkError, ValueError):
     """A value cannot cross the broker with the configured codec."""
 

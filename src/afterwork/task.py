@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .defaults import MAX_PRIORITY, MIN_PRIORITY
-from .errors import PayloadTooLarge, TaskConfigurationError
+from .errors import InvalidArguments, PayloadTooLarge, TaskConfigurationError
 from .job import JobHandle, JobRecord, JobStatus, new_job_id
 from .retry import RetryPolicy
 from .schedule import DurationLike, parse_duration, to_timestamp
@@ -107,6 +107,20 @@ def retry_policy(retries: int | RetryPolicy | None, where: str) -> RetryPolicy:
         raise TaskConfigurationError(f"{where}: {exc}") from None
 
 
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have none: the call will tell
+        return None
+
+
+def _parameters(signature: inspect.Signature) -> str:
+    """``(user_id, subject='hi')``: the names and defaults a caller must match."""
+    empty = inspect.Parameter.empty
+    bare = [p.replace(annotation=empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=bare, return_annotation=empty))
+
+
 class Task(Generic[P, R]):
     """A registered function. Call it to run it here; ``enqueue`` it to run it on a worker."""
 
@@ -135,6 +149,7 @@ class Task(Generic[P, R]):
         self.delay: float | None = None
         self.unique_key: str | None = None
         self._hints: TypeHints | None = None
+        self._signature: inspect.Signature | None = _signature(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
@@ -191,6 +206,7 @@ class Task(Generic[P, R]):
 
         Arguments are encoded here, so what cannot cross the broker fails now.
         """
+        self._check_arguments(args, kwargs)
         app = self.app
         payload = encode_arguments(app.serializer, self.name, args, kwargs)
         if len(payload) > app.max_payload_size:
@@ -200,6 +216,19 @@ class Task(Generic[P, R]):
                 "reference, or raise Afterwork(max_payload_size=...)"
             )
         return self._record(payload)
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse a call the function would refuse, before it is stored: a worker
+        would only fail it on every attempt."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(
+                f"cannot enqueue {self.name}: {exc}; "
+                f"it takes {self.name}{_parameters(self._signature)}"
+            ) from None
 
     def _record(self, payload: bytes) -> JobRecord:
         now = self.app.clock.now()

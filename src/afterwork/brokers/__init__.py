@@ -43,7 +43,7 @@ def broker_class(url: str) -> type[Broker]:
             f"'{written}://', as in {example}"
         )
     if scheme not in _ENGINES:
-        known = ", ".join(f"{s}://" for s in ("sqlite", "memory", "redis", "postgresql", "amqp"))
+        known = ", ".join(f"{s}://" for s in ("sqlite", "memory", "redis", "rediss", "unix"))
         raise InvalidURL(
             f"cannot use broker URL {redact(url)!r}: the scheme must be one of {known}"
         )
