@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,23 @@ def flaky(path: str) -> str:
 @task
 def returns_a_set() -> set[int]:
     return {1, 2}
+
+
+@task
+def exits(message: str) -> None:
+    sys.exit(message)
+
+
+@task
+async def aexits(message: str) -> None:
+    sys.exit(message)
+
+
+@task
+def interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+@task
+async def waits_forever() -> None:
+    await asyncio.Event().wait()

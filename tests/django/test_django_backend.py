@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import dj_settings
 import dj_tasks
 import httpx
 import pytest
-from dj_support import HERE, Recorder
+from dj_support import HERE, TASKS_LOGGER, Recorder, afinished, finished
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
@@ -30,20 +30,14 @@ from afterwork.integrations.django._compat import (
     InvalidTask,
     TaskResult,
     TaskResultDoesNotExist,
+    TaskResultMismatch,
     TaskResultStatus,
     task_enqueued,
     task_finished,
     task_started,
 )
-
-
-def finished(result: TaskResult[Any], timeout: float = 5) -> TaskResult[Any]:
-    deadline = time.monotonic() + timeout
-    while not result.is_finished:
-        assert time.monotonic() < deadline, f"{result.id} is still {result.status}"
-        time.sleep(0.01)
-        result.refresh()
-    return result
+from afterwork.integrations.django.results import job_envelope
+from afterwork.integrations.django.running import run_task
 
 
 def test_the_backend_declares_what_it_supports(broker_url: str) -> None:
@@ -99,10 +93,7 @@ def test_async_tasks_with_their_context(broker_url: str) -> None:
 
 async def test_aenqueue_and_aget_result(broker_url: str) -> None:
     start_worker_in_thread()
-    result = await dj_tasks.add.aenqueue(20, 22)
-    deadline = time.monotonic() + 5
-    while not result.is_finished and time.monotonic() < deadline:
-        await result.arefresh()
+    result = await afinished(await dj_tasks.add.aenqueue(20, 22))
     assert result.return_value == 42
     again = await dj_tasks.add.aget_result(result.id)
     assert again.return_value == 42
@@ -260,3 +251,92 @@ def test_cancelled_and_unstorable_results_are_failures(broker_url: str) -> None:
     result = finished(dj_tasks.returns_a_set.enqueue())
     assert result.status == TaskResultStatus.FAILED
     assert result.errors[0].exception_class is TypeError
+
+
+def test_a_task_that_calls_sys_exit_fails_and_the_worker_runs_on(broker_url: str) -> None:
+    seen = Recorder()
+
+    def on_finished(sender: Any, task_result: TaskResult[Any], **_: Any) -> None:
+        seen((task_result.task.name, task_result.status))
+
+    task_finished.connect(on_finished)
+    try:
+        start_worker_in_thread(concurrency=1)
+        for task in (dj_tasks.exits, dj_tasks.aexits):
+            result = finished(task.enqueue("bye"))
+            assert result.status == TaskResultStatus.FAILED
+            [error] = result.errors
+            assert error.exception_class is SystemExit
+            assert error.traceback.endswith("SystemExit: bye\n")
+        assert finished(dj_tasks.add.enqueue(1, 2)).return_value == 3
+        assert seen.wait(3) == [
+            ("exits", TaskResultStatus.FAILED),
+            ("aexits", TaskResultStatus.FAILED),
+            ("add", TaskResultStatus.SUCCESSFUL),
+        ]
+    finally:
+        task_finished.disconnect(on_finished)
+
+
+def test_the_frameworks_log_of_a_failed_task_carries_its_traceback(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    start_worker_in_thread()
+    with caplog.at_level(logging.INFO, logger=TASKS_LOGGER):
+        result = finished(dj_tasks.fail.enqueue("out of ink"))
+    logged = [r for r in caplog.records if r.name == TASKS_LOGGER]
+    assert [r.levelno for r in logged] == [logging.INFO, logging.ERROR]  # RUNNING, FAILED
+    assert all(result.id in r.getMessage() for r in logged)
+    assert logged[1].exc_info is not None
+    assert logged[1].exc_info[0] is ValueError
+
+
+def test_a_keyboard_interrupt_in_a_task_is_not_taken_for_its_failure(broker_url: str) -> None:
+    seen = Recorder()
+
+    def on_finished(sender: Any, task_result: TaskResult[Any], **_: Any) -> None:
+        seen(task_result.id)
+
+    task_finished.connect(on_finished)
+    try:
+        result = dj_tasks.interrupted.enqueue()
+        app = get_backend().app
+        envelope = job_envelope(app, app.job(result.id).info())
+        assert envelope is not None
+        with pytest.raises(KeyboardInterrupt):
+            run_task(envelope)  # as a worker's thread would
+        assert seen.calls == []
+    finally:
+        task_finished.disconnect(on_finished)
+
+
+def test_a_running_async_task_can_be_cancelled(broker_url: str) -> None:
+    started = Recorder()
+
+    def on_started(sender: Any, task_result: TaskResult[Any], **_: Any) -> None:
+        started(task_result.id)
+
+    task_started.connect(on_started)
+    try:
+        start_worker_in_thread()
+        result = dj_tasks.waits_forever.enqueue()
+        started.wait(1)
+        assert get_backend().app.job(result.id).cancel()
+        finished(result)
+        assert result.status == TaskResultStatus.FAILED
+        assert result.errors[0].exception_class is JobCancelled
+        assert finished(dj_tasks.add.enqueue(2, 2)).return_value == 4
+    finally:
+        task_started.disconnect(on_started)
+
+
+def test_a_result_read_back_equals_the_one_enqueue_returned(broker_url: str) -> None:
+    enqueued = dj_tasks.add.using(priority=3).enqueue(1, b=2)
+    assert dj_tasks.add.get_result(enqueued.id) == enqueued
+    assert get_backend().get_result(enqueued.id) == enqueued
+    with pytest.raises(TaskResultMismatch):
+        dj_tasks.note.get_result(enqueued.id)
+    start_worker_in_thread()
+    finished(enqueued)
+    assert dj_tasks.add.get_result(enqueued.id) == enqueued
+    assert enqueued.return_value == 3

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dj_support import finished
 from django.test import override_settings
 from django.utils.module_loading import import_string
 
@@ -52,11 +52,7 @@ def test_the_task_example(settings_block: dict[str, Any]) -> None:
     start_worker_in_thread()
     try:
         namespace = run(BLOCKS[1], "django_docs_tasks")
-        result = namespace["send_welcome_email"].get_result(namespace["result_id"])
-        deadline = time.monotonic() + 5
-        while not result.is_finished and time.monotonic() < deadline:
-            time.sleep(0.01)
-            result.refresh()
+        result = finished(namespace["send_welcome_email"].get_result(namespace["result_id"]))
         assert result.return_value == "welcome email sent to ada@example.com"
         assert result.task.queue_name == "emails"
     finally:
