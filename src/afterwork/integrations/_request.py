@@ -15,11 +15,12 @@ import asyncio
 import contextvars
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ..background import BackgroundTask, BackgroundTasks
+from ..background import BackgroundTask, BackgroundTasks, run_in_context, run_in_thread
 
 logger = logging.getLogger("afterwork.background")
 
@@ -41,9 +42,7 @@ def _context_of(task: BackgroundTask) -> contextvars.Context:
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine to completion from sync code, on a loop of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not _loop_runs_here():
         return asyncio.run(coro)
     # A loop already runs in this thread (a sync close() called from async code):
     # it cannot be re-entered, so the coroutine gets a thread and a loop of its own.
@@ -64,6 +63,20 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     return outcome.get("value")
 
 
+def _loop_runs_here() -> bool:
+    """Whether an event loop (asyncio's, or trio's) runs in this thread."""
+    if asyncio._get_running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")  # not imported: not running
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _call(task: BackgroundTask) -> None:
     if task.is_async:
         _run_coroutine(task.func(*task.args, **task.kwargs))
@@ -81,17 +94,16 @@ def run_sync(tasks: BackgroundTasks) -> None:
 
 
 async def run_async(tasks: BackgroundTasks) -> None:
-    """Run every task on the running loop (sync ones in its default thread pool), in order."""
-    loop = asyncio.get_running_loop()
+    """Run every task on the running loop (sync ones in a worker thread), in order."""
     while tasks.tasks:
         for task in take(tasks):
             context = _context_of(task)
             try:
                 if task.is_async:
-                    coro = task.func(*task.args, **task.kwargs)
-                    await loop.create_task(coro, context=context)
+                    await run_in_context(task.func(*task.args, **task.kwargs), context)
                 else:
-                    call = functools.partial(context.run, task.func, *task.args, **task.kwargs)
-                    await loop.run_in_executor(None, call)
+                    await run_in_thread(
+                        functools.partial(context.run, task.func, *task.args, **task.kwargs)
+                    )
             except Exception as exc:
                 await tasks.failed(task, exc)

@@ -4,14 +4,17 @@ Wrap Starlette, FastAPI, Litestar or a plain ASGI callable. Per request it
 provides ``request.state.background`` (a :class:`BackgroundTasks`) and makes
 :func:`after_response` work anywhere in the request's code. The collected
 tasks start once the app has finished with the request (the response is
-sent), in asyncio tasks of the middleware's own while the lifespan runs: a
-client that disconnects cannot cancel them. On lifespan startup (after the
-app's own startup) it starts the :class:`Afterwork` app's in-process queue
-and embedded worker, if one is given; on shutdown it waits for running
-after-response work and queued jobs for up to ``grace_period`` seconds in
-all, then stops the worker, and only then lets the app's own shutdown
-handlers run. An app that does not speak the lifespan protocol gets one from
-the middleware.
+sent), in tasks of the middleware's own while the lifespan runs: a client
+that disconnects cannot cancel them. On lifespan startup (after the app's own
+startup) it starts the :class:`Afterwork` app's in-process queue and embedded
+worker, if one is given; on shutdown it waits for running after-response work
+and queued jobs for up to ``grace_period`` seconds in all, then stops the
+worker, and only then lets the app's own shutdown handlers run. An app that
+does not speak the lifespan protocol gets one from the middleware.
+
+After-response work runs on asyncio (:class:`DetachedRunner`) and on trio
+(:class:`TaskGroupRunner`, through anyio); the in-process worker needs
+asyncio, and on trio the lifespan refuses to start with ``jobs=``, saying so.
 """
 
 from __future__ import annotations
@@ -19,28 +22,36 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import types
+import time
 from collections import deque
 from collections.abc import (
+    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
-    Generator,
     Mapping,
     MutableMapping,
     Sequence,
 )
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..background import (
     BackgroundTask,
     BackgroundTasks,
     ErrorHandler,
+    _anyio_needed,
     _current_tasks,
+    _resume,
+    running_asyncio_loop,
 )
 from ..defaults import DEFAULT_GRACE_PERIOD
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from anyio import CancelScope
+    from anyio.abc import TaskGroup
+
     from ..app import Afterwork
 
 Scope = MutableMapping[str, Any]
@@ -68,41 +79,6 @@ class _Batch:
     def names(self) -> set[str]:
         work = [*self.waiting, self.current] if self.current else self.waiting
         return {t.name for _, tasks, _ in work for t in tasks}
-
-
-#: ``_resume``'s ``waiting_on`` for a coroutine that has not started.
-_NOT_STARTED = object()
-
-
-@types.coroutine
-def _resume(
-    coro: Coroutine[Any, Any, Any], context: contextvars.Context, waiting_on: Any = _NOT_STARTED
-) -> Generator[Any, Any, None]:
-    """Run a coroutine, or the rest of one whose first step has run, each step in ``context``.
-
-    ``waiting_on`` is what that first step yielded.
-    """
-    if waiting_on is _NOT_STARTED:
-        try:
-            waiting_on = context.run(coro.send, None)
-        except StopIteration:
-            return
-    while True:
-        try:
-            value = yield waiting_on
-        except GeneratorExit:
-            context.run(coro.close)  # its finally blocks see its context variables
-            raise
-        except BaseException as exc:  # a cancellation the task delivers
-            try:
-                waiting_on = context.run(coro.throw, exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting_on = context.run(coro.send, value)
-            except StopIteration:
-                return
 
 
 class DetachedRunner:
@@ -235,6 +211,116 @@ class DetachedRunner:
         return len(still)
 
 
+class TaskGroupRunner:
+    """Runs after-response work off asyncio (on trio): a task per request, in a task group.
+
+    Trio starts tasks only in a task group (a nursery) that an enclosing task
+    holds open, so the middleware's lifespan holds one (:meth:`hosted`) from
+    before startup to after shutdown; requests hand their work to it. Each
+    hand-over runs in its own cancel scope, so the shutdown can cancel what
+    outlives the grace period, and the calls run as ``BackgroundTasks.run_all``
+    runs them (one after the other, each in its own context).
+    """
+
+    def __init__(self, group: TaskGroup) -> None:
+        self._group = group
+        #: What runs now: each hand-over's cancel scope and its calls (for the shutdown log).
+        self._running: dict[CancelScope, list[BackgroundTask]] = {}
+        self._idle: Callable[[], None] | None = None  # wakes drain when the last one ends
+
+    @classmethod
+    @asynccontextmanager
+    async def hosted(cls) -> AsyncIterator[TaskGroupRunner]:
+        """A runner whose task group lives as long as this block (the lifespan)."""
+        with _anyio_needed():
+            import anyio
+        try:
+            async with anyio.create_task_group() as group:
+                runner = cls(group)
+                try:
+                    yield runner
+                finally:  # work handed over after the shutdown's drain is not waited for
+                    runner._cancel_rest(0.0)
+        except BaseExceptionGroup as errors:  # the lifespan's own error, as on asyncio
+            if len(errors.exceptions) != 1:
+                raise
+            raise errors.exceptions[0] from None
+
+    def spawn(
+        self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
+    ) -> None:
+        """Start ``tasks`` detached (``shared`` does not matter: each call runs in a copy)."""
+        import anyio
+
+        scope = anyio.CancelScope()
+        self._running[scope] = tasks
+        self._group.start_soon(self._run, scope, owner, tasks)
+
+    async def _run(
+        self, scope: CancelScope, owner: BackgroundTasks, tasks: list[BackgroundTask]
+    ) -> None:
+        try:
+            with scope:
+                await owner.run_all(tasks)
+        finally:
+            del self._running[scope]
+            if not self._running and self._idle is not None:
+                self._idle()
+
+    @property
+    def running(self) -> int:
+        """Hand-overs whose calls run now."""
+        return len(self._running)
+
+    async def drain(self, timeout: float) -> int:
+        """Wait for running work up to ``timeout``; cancel what is left and log it.
+
+        Returns the number of hand-overs cancelled.
+        """
+        import anyio
+
+        with anyio.move_on_after(max(timeout, 0.0)):
+            await self._wait_idle()
+        cancelled = self._cancel_rest(timeout)
+        await self._wait_idle()  # the cancelled ones unwind
+        return cancelled
+
+    async def _wait_idle(self) -> None:
+        import anyio
+
+        while self._running:
+            idle = anyio.Event()
+            self._idle = idle.set
+            try:
+                await idle.wait()
+            finally:
+                self._idle = None
+
+    def _cancel_rest(self, timeout: float) -> int:
+        if not self._running:
+            return 0
+        names = sorted({task.name for tasks in self._running.values() for task in tasks})
+        logger.warning(
+            "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
+            timeout,
+            ", ".join(names),
+            extra={"dropped": len(self._running), "tasks": names},
+        )
+        for scope in self._running:
+            scope.cancel()
+        return len(self._running)
+
+
+def _worker_needs_asyncio() -> ConfigurationError:
+    return ConfigurationError(
+        "AfterworkMiddleware(jobs=...) starts afterwork's in-process worker, which runs on "
+        "asyncio only, but this app runs on another event loop (trio). Run the server on "
+        "asyncio (uvicorn, or hypercorn -k asyncio), or drop jobs= from the middleware and "
+        "run the jobs in `afterwork worker` processes; after-response work "
+        "(request.state.background, after_response, BackgroundTasks) works on trio as it is"
+    )
+
+
 class AfterworkMiddleware:
     """After-response tasks for every request, and ``jobs`` started and stopped with the app.
 
@@ -265,7 +351,8 @@ class AfterworkMiddleware:
         self.concurrent = concurrent
         self.on_error = on_error
         self.worker_options = dict(worker_options or {})
-        self.runner = DetachedRunner()
+        #: Where detached work goes: asyncio tasks, or (on trio) the lifespan's task group.
+        self.runner: DetachedRunner | TaskGroupRunner = DetachedRunner()
         #: Between lifespan startup and shutdown. Only then is after-response work
         #: detached: outside it nothing would wait for the work at shutdown (a
         #: server run without lifespan, a test client used without ``with``), so
@@ -304,7 +391,9 @@ class AfterworkMiddleware:
     # -- lifespan -----------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start each app's in-process queue and embedded worker."""
+        """Start each app's in-process queue and embedded worker (the lifespan calls this)."""
+        if self.jobs and running_asyncio_loop() is None:
+            raise _worker_needs_asyncio()
         started: list[Afterwork] = []
         try:
             for jobs in self.jobs:
@@ -319,13 +408,35 @@ class AfterworkMiddleware:
     async def shutdown(self) -> None:
         """Wait for after-response work, then stop ``jobs``: ``grace_period`` in all."""
         self.live = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace_period
+        deadline = time.monotonic() + self.grace_period
         await self.runner.drain(self.grace_period)
-        remaining = max(deadline - loop.time(), 0.0)
-        await asyncio.gather(*(jobs.stop(grace_period=remaining) for jobs in self.jobs))
+        if self.jobs and running_asyncio_loop() is not None:  # they never start elsewhere
+            remaining = max(deadline - time.monotonic(), 0.0)
+            await asyncio.gather(*(jobs.stop(grace_period=remaining) for jobs in self.jobs))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if running_asyncio_loop() is not None:
+            await self._serve_lifespan(scope, receive, send)
+        elif self.jobs:
+            await self._refuse_lifespan(receive, send, _worker_needs_asyncio())
+        else:  # detached work needs a task group that outlives each request
+            async with TaskGroupRunner.hosted() as runner:
+                self.runner = runner
+                await self._serve_lifespan(scope, receive, send)
+
+    @staticmethod
+    async def _refuse_lifespan(receive: Receive, send: Send, error: Exception) -> None:
+        """Fail the server's startup with ``error`` before the app starts anything.
+
+        Raised as well, after the failure is sent, as Starlette does, so test
+        clients show it too.
+        """
+        await receive()  # lifespan.startup
+        logger.error("%s", error, extra={"error_type": type(error).__name__})
+        await send({"type": "lifespan.startup.failed", "message": str(error)})
+        raise error
+
+    async def _serve_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         spoke = False  # whether the app takes part in the lifespan protocol
 
         async def app_receive() -> Message:
