@@ -38,7 +38,8 @@ else:
         except ImportError as exc:
             raise MissingDependency(
                 "afterwork's Django tasks backend needs Django's tasks framework: Django 6.0 "
-                "or later, or the django-tasks package (pip install 'afterwork[django]')"
+                "or later (pip install 'afterwork[django]'), or on Django 5.2 the django-tasks "
+                "package (pip install django-tasks)"
             ) from exc
 
 __all__ = [
