@@ -16,7 +16,6 @@ import importlib
 import inspect
 import logging
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -142,7 +141,8 @@ def _find_task(name: str) -> Task[Any, Any] | None:
     return task if isinstance(task, Task) else None
 
 
-_names: weakref.WeakKeyDictionary[Afterwork, TaskNames] = weakref.WeakKeyDictionary()
+# Like the backends' apps, kept for the life of the process (the app holds its resolver).
+_names: dict[Afterwork, TaskNames] = {}
 _names_lock = threading.Lock()
 
 
