@@ -245,6 +245,7 @@ async def arun_task(envelope: dict[str, Any]) -> Any:
     try:
         finished, value = run.succeeded(await result.task.func(*args, **kwargs))
     except (Exception, SystemExit) as exc:  # failures, as the worker counts them; not a cancel
+        # asgiref hands the exception being handled to the sync receivers' thread.
         await run.asend(task_finished, run.failed(exc))
         raise
     await run.asend(task_finished, finished)
