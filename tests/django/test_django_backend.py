@@ -356,3 +356,40 @@ def test_a_result_read_back_equals_the_one_enqueue_returned(broker_url: str) -> 
     finished(enqueued)
     assert dj_tasks.add.get_result(enqueued.id) == enqueued
     assert enqueued.return_value == 3
+
+
+class _Grumpy:
+    """A receiver object (no ``__qualname__``, which Django's report of its failure wants)."""
+
+    def __call__(self, **_: Any) -> None:
+        raise RuntimeError("grumpy receiver")
+
+
+def _grumpy_function(**_: Any) -> None:
+    raise RuntimeError("grumpy function")
+
+
+def test_receivers_that_raise_never_fail_the_task(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    receivers = [_grumpy_function, _Grumpy()]
+    for receiver in receivers:
+        task_started.connect(receiver)
+        task_finished.connect(receiver)
+    try:
+        start_worker_in_thread()
+        with caplog.at_level(logging.ERROR, logger="afterwork.django"):
+            assert finished(dj_tasks.add.enqueue(1, 1)).return_value == 2
+            assert finished(dj_tasks.whoami.enqueue("x")).return_value["label"] == "x"
+    finally:
+        for receiver in receivers:
+            task_started.disconnect(receiver)
+            task_finished.disconnect(receiver)
+    ours = [r for r in caplog.records if r.name == "afterwork.django"]
+    logged = [(r.getMessage().split()[3], vars(r)["task"]) for r in ours]
+    assert sorted(logged) == [
+        ("task_finished", "dj_tasks.add"),
+        ("task_finished", "dj_tasks.whoami"),
+        ("task_started", "dj_tasks.add"),
+        ("task_started", "dj_tasks.whoami"),
+    ]

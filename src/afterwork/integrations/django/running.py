@@ -210,12 +210,22 @@ class _Run:
                 )
 
     def send(self, signal: Any, result: TaskResult[Any] | None) -> None:
-        if result is not None:
-            self.report(signal, signal.send_robust(type(self.backend), task_result=result))
+        if result is None:
+            return
+        try:
+            outcomes = signal.send_robust(type(self.backend), task_result=result)
+        except Exception as exc:  # Django's own report of a failed receiver can fail
+            outcomes = [(None, exc)]
+        self.report(signal, outcomes)
 
     async def asend(self, signal: Any, result: TaskResult[Any] | None) -> None:
-        if result is not None:
-            self.report(signal, await signal.asend_robust(type(self.backend), task_result=result))
+        if result is None:
+            return
+        try:
+            outcomes = await signal.asend_robust(type(self.backend), task_result=result)
+        except Exception as exc:  # as in send()
+            outcomes = [(None, exc)]
+        self.report(signal, outcomes)
 
 
 def run_task(envelope: dict[str, Any]) -> Any:
