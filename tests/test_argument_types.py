@@ -53,6 +53,10 @@ def file_paths(source: Path, targets: list[Path], label: Any) -> None:
     received.append((source, targets, label))
 
 
+def report(month: str, extra: object) -> dict[str, object]:
+    return {"month": month, "orders": 12, "extra": extra}
+
+
 def untyped(when, anything: Any, text: str, count: float):  # type: ignore[no-untyped-def]
     received.append((when, anything, text, count))
 
@@ -125,6 +129,16 @@ async def test_paths_travel_as_text_and_arrive_as_paths_where_annotated(app: Aft
     await run_burst(app)
     await handle.aresult(timeout=5)
     assert received == [(Path("/srv/in.csv"), [Path("out/a.csv")], "/tmp/label")]
+
+
+async def test_object_annotations_take_any_value_as_json_carried(app: Afterwork) -> None:
+    handle = await app.task(report).aenqueue("2025-06", {"a": [1]})
+    await run_burst(app)
+    assert await handle.aresult(timeout=5) == {
+        "month": "2025-06",
+        "orders": 12,
+        "extra": {"a": [1]},
+    }
 
 
 async def test_star_args_keyword_only_and_star_kwargs_are_converted_too(app: Afterwork) -> None:

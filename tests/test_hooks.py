@@ -101,8 +101,8 @@ def hooked(url: str) -> Any:
     jobs.close()
 
 
-async def run_burst(app: Afterwork) -> Worker:
-    worker = app.worker(burst=True)
+async def run_burst(app: Afterwork, **options: Any) -> Worker:
+    worker = app.worker(burst=True, **options)
     await asyncio.wait_for(worker.run(), 5)
     return worker
 
@@ -191,7 +191,7 @@ async def test_a_job_that_cannot_run_calls_on_dead_letter(hooked: Any) -> None:
         result_ttl=60,
     )
     await app.broker.enqueue([record])
-    await run_burst(app)
+    await run_burst(app, unknown_task_wait=0)  # no waiting for a worker that knows it
     [dead] = [e for e in events if e[0] == "on_dead_letter"]
     assert dead[1:3] == ("missing.task", "afterwork.errors.UnknownTask")
     assert not [e for e in events if e[0] == "before_run"]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 from afterwork import Afterwork, JobStatus, ManualClock, Retry
-from afterwork.report import gather_status, left_for_later
+from afterwork.brokers import WorkerInfo
+from afterwork.report import (
+    gather_periodic,
+    gather_status,
+    left_for_later,
+    render_periodic,
+    render_status,
+    when,
+)
 
 
 def send(path: str) -> str:
@@ -69,7 +77,72 @@ async def test_left_for_later_counts_what_a_burst_worker_does_not_wait_for(
     due = dt.datetime.fromtimestamp(clock.now() + 600)
     assert message == (
         "2 jobs left for a later run (1 scheduled, 1 retrying); "
-        f"the first is due at {due:%Y-%m-%d %H:%M:%S}"
+        f"the first is due at {due:%Y-%m-%d %H:%M:%S} {due.astimezone():%Z}"
     )
     clock.advance(3600)
     assert await left_for_later(broker, ["default"]) is None
+
+
+async def test_status_first_says_where_the_jobs_are(manual_app: Afterwork) -> None:
+    status = await gather_status(await manual_app.aconnect())
+
+    first = render_status(status).splitlines()[0]
+    assert first == f"Jobs in {manual_app.broker.describe()}"
+    if manual_app.url.startswith("sqlite"):
+        assert first.startswith("Jobs in SQLite file /")  # absolute, whatever the directory
+
+
+async def test_status_flags_ready_jobs_in_queues_no_live_worker_serves(
+    manual_app: Afterwork, clock: ManualClock
+) -> None:
+    task = manual_app.task(send)
+    await task.aenqueue("a")
+    await task.using(queue="reports").aenqueue("b")
+    await task.using(queue="reports").aenqueue("c")
+    await task.using(queue="later", delay="1h").aenqueue("d")
+    broker = await manual_app.aconnect()
+    now = clock.now()
+    await broker.register_worker(
+        WorkerInfo(
+            id="w",
+            hostname="h",
+            pid=1,
+            queues=["default"],
+            concurrency=1,
+            started_at=now,
+            last_seen=now,
+        )
+    )
+
+    status = await gather_status(broker)
+
+    assert status["unserved"] == {"reports": 2}
+    assert render_status(status).splitlines()[-2:] == [
+        "Needs attention",
+        "  2 jobs ready in queue 'reports', and no live worker serves it: "
+        "start one with --queues reports",
+    ]
+
+
+def test_times_name_their_zone() -> None:
+    moment = dt.datetime(2025, 7, 1, 12, 0, tzinfo=dt.UTC).timestamp()
+
+    assert when(moment, "Europe/Paris") == "2025-07-01 14:00:00 CEST"
+    assert when(moment, "UTC") == "2025-07-01 12:00:00 UTC"
+    local = dt.datetime.fromtimestamp(moment).astimezone()
+    assert when(moment) == f"{local:%Y-%m-%d %H:%M:%S %Z}"
+
+
+def nightly() -> None:
+    pass
+
+
+async def test_a_cron_schedules_next_fire_is_shown_in_its_own_zone(
+    manual_app: Afterwork, clock: ManualClock
+) -> None:
+    manual_app.periodic(cron="0 2 * * *", tz="Europe/Paris")(nightly)
+
+    rows = await gather_periodic(manual_app, await manual_app.aconnect())
+
+    [row] = render_periodic(rows).splitlines()[1:]
+    assert " 02:00:00 CE" in row  # CET or CEST, by the date

@@ -490,21 +490,35 @@ def test_cancelling_a_running_sync_job_frees_its_slot_for_the_next_job(app: Afte
 # -- jobs that cannot run -------------------------------------------------------------------
 
 
-async def test_a_job_naming_an_unknown_task_goes_to_the_dead_letter_queue_and_the_worker_goes_on(
-    app: Afterwork,
+async def test_a_job_naming_an_unknown_task_waits_for_a_worker_that_knows_it(
+    manual_app: Afterwork, clock: ManualClock
 ) -> None:
+    app = manual_app
     [unknown] = await app.broker.enqueue(
         [raw_record(app, "billing.charge", app.serializer.dumps([[], {}]))]
     )
     fine = await app.task(async_job).aenqueue("fine")
-    await run_burst(app)
+
+    await run_burst(app, unknown_task_wait=60)
+
     assert await fine.aresult(timeout=5) == "fine"
-    with pytest.raises(JobFailed) as excinfo:
+    waiting = await app.job(unknown.id).ainfo()
+    assert waiting.status_at(clock.now()) == JobStatus.SCHEDULED
+    assert waiting.attempts == 0  # it never ran: no attempt is spent
+    assert waiting.error is not None
+    assert waiting.error.type == "afterwork.errors.UnknownTask"
+    assert "billing.charge" in waiting.error.message
+    # Offered again and again, less often as it waits, until the wait is over.
+    offers = 1
+    while (record := await app.job(unknown.id).ainfo()).status != JobStatus.FAILED:
+        clock.advance(record.run_at - clock.now())
+        await run_burst(app, unknown_task_wait=60)
+        offers += 1
+    assert 3 <= offers <= 15  # each wait half the time waited so far, 1 to 30 s
+    assert clock.now() - record.enqueued_at >= 60
+    assert record.attempts == 1
+    with pytest.raises(JobFailed, match="no worker that knows it claimed the job within 60s"):
         await app.job(unknown.id).aresult(timeout=5)
-    assert excinfo.value.error_type == "afterwork.errors.UnknownTask"
-    assert "billing.charge" in excinfo.value.message
-    # Not retried: another attempt could not find the task either.
-    assert (await app.job(unknown.id).ainfo()).attempts == 1
 
 
 async def test_a_job_whose_payload_does_not_decode_goes_to_the_dead_letter_queue(
@@ -570,7 +584,7 @@ async def test_a_job_that_cannot_run_is_logged_with_its_reason(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="afterwork.worker")
     [record] = await app.broker.enqueue([raw_record(app, "gone.task", b"[[], {}]")])
-    await run_burst(app)
+    await run_burst(app, unknown_task_wait=0)
     [logged] = [r for r in caplog.records if getattr(r, "job_id", None) == record.id]
     assert logged.task == "gone.task"  # type: ignore[attr-defined]
     assert logged.attempt == 1  # type: ignore[attr-defined]
@@ -718,3 +732,44 @@ async def test_a_job_that_fails_outside_its_task_goes_to_the_dead_letter_queue_w
     assert record.error is not None
     assert (record.error.type, record.error.message) == ("RuntimeError", "the resolver broke")
     await jobs.aclose()
+
+
+# -- what a worker says ---------------------------------------------------------------
+
+
+async def test_a_worker_warns_of_tasks_on_queues_it_does_not_serve(
+    app: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.task(async_job)
+    app.task(queue="reports")(sync_job)
+    caplog.set_level(logging.WARNING, logger="afterwork.worker")
+
+    await asyncio.wait_for(app.worker(queues=["default"], burst=True, **FAST).run(), 5)
+
+    [warning] = [r.getMessage() for r in caplog.records if "not served" in r.getMessage()]
+    assert warning == (
+        "queue 'reports' is not served by this worker, so jobs of test_worker.sync_job wait "
+        "for a worker that serves it (--queues default,reports)"
+    )
+
+
+async def test_a_worker_counts_each_kind_of_outcome_apart_when_it_stops(
+    app: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    ok = app.task(async_job)
+    flaky = app.task(retries=RetryPolicy(max_attempts=2, base_delay=60, jitter=False))(always_fails)
+    doomed = app.task(retries=0)(fails_twice)
+    await ok.aenqueue("a")
+    await ok.aenqueue("b")
+    await flaky.aenqueue("x")
+    await doomed.aenqueue("y")
+    caplog.set_level(logging.INFO, logger="afterwork.worker")
+
+    await asyncio.wait_for(app.worker(burst=True, **FAST).run(), 5)
+    await asyncio.wait_for(app.worker(burst=True, **FAST).run(), 5)
+
+    closing = [r.getMessage() for r in caplog.records if "stopped:" in r.getMessage()]
+    assert [line.partition(": ")[2] for line in closing] == [
+        "4 jobs handled: 2 succeeded, 1 to be retried, 1 failed for good",
+        "it ran no jobs",
+    ]

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pwd
 import shlex
 import signal
 import sys
@@ -26,7 +27,14 @@ import click
 
 from .app import Afterwork
 from .brokers import Broker
-from .defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_LEASE, DEFAULT_QUEUE
+from .defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_LEASE,
+    DEFAULT_QUEUE,
+    DEFAULT_UNKNOWN_TASK_WAIT,
+    URL_ENV_VAR,
+)
 from .errors import AfterworkError
 from .job import JobRecord, JobStatus, describe
 from .report import (
@@ -35,6 +43,7 @@ from .report import (
     gather_status,
     job_json,
     left_for_later,
+    plural,
     render_job,
     render_jobs,
     render_periodic,
@@ -112,6 +121,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
+def _read(app: Afterwork, fn: Callable[[Broker], Coroutine[Any, Any, T]]) -> T:
+    """Run a command that only looks: it must not create the store it looks at (an
+    empty SQLite file where the user expected the app's)."""
+    if not app.broker.exists():
+        raise click.ClickException(
+            f"no jobs here: {app.broker.describe()} does not exist. Run the command from "
+            f"the directory the app runs in, or set {URL_ENV_VAR} to the app's broker URL"
+        )
+    return run(_with_broker(app, fn))
+
+
 async def _with_broker(app: Afterwork, fn: Callable[[Broker], Coroutine[Any, Any, T]]) -> T:
     broker = await app.aconnect()
     try:
@@ -175,6 +195,14 @@ _WORKER_OPTIONS = [
         help="Seconds a claimed job stays a worker's unless renewed; "
         "a killed worker's jobs run again this soon.",
     ),
+    click.option(
+        "--unknown-task-wait",
+        default=DEFAULT_UNKNOWN_TASK_WAIT,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Seconds a job whose task this worker does not know is put back for "
+        "another worker before it is dead-lettered.",
+    ),
 ]
 
 
@@ -218,6 +246,7 @@ def worker(
     burst: bool,
     grace_period: float,
     lease: float,
+    unknown_task_wait: float,
     heartbeat: float | None,
     no_scheduler: bool,
     log_level: str,
@@ -229,6 +258,8 @@ def worker(
     # Load the app and check the options here, so a mistake fails once with a
     # clear message instead of in every supervised child, restarted forever.
     app = load_app(app_path)
+    if lifeline is None:  # a supervisor's children would repeat it
+        _say_where_jobs_are(app_path, app)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     try:
         the_worker = app.worker(
@@ -237,6 +268,7 @@ def worker(
             burst=burst,
             grace_period=grace_period,
             lease=lease,
+            unknown_task_wait=unknown_task_wait,
             heartbeat=heartbeat,
             # A burst drains what is there; firing schedules would feed it forever.
             scheduler=not (no_scheduler or burst),
@@ -255,6 +287,8 @@ def worker(
             str(grace_period),
             "--lease",
             str(lease),
+            "--unknown-task-wait",
+            str(unknown_task_wait),
             "--log-level",
             log_level,
         ]
@@ -289,6 +323,20 @@ def worker(
             await app.aclose()
 
     run(serve())
+
+
+def _say_where_jobs_are(app_path: str, app: Afterwork) -> None:
+    """The worker's first line: where its jobs are, so one started in the wrong
+    directory (a new, empty SQLite file) is noticed at once."""
+    broker = app.broker
+    logger.info("afterwork worker for %s: jobs in %s", app_path, broker.describe())
+    if not broker.exists():
+        logger.warning(
+            "%s does not exist yet, so this worker starts with no jobs; if the app's jobs are "
+            "elsewhere, start the worker from the app's directory or set %s",
+            broker.describe(),
+            URL_ENV_VAR,
+        )
 
 
 def _stop_on_signals(
@@ -345,7 +393,7 @@ def scheduler(app_path: str, log_level: str) -> None:
 def periodic(app_path: str, as_json: bool) -> None:
     """The app's periodic tasks: schedule, next fire, last fire and its outcome."""
     app = load_app(app_path)
-    rows = run(_with_broker(app, lambda b: gather_periodic(app, b)))
+    rows = _read(app, lambda b: gather_periodic(app, b))
     click.echo(json.dumps(rows, indent=2) if as_json else render_periodic(rows))
 
 
@@ -369,7 +417,7 @@ async def _log_left_for_later(broker: Broker, queues: list[str]) -> None:
 def status(app_path: str, as_json: bool) -> None:
     """Queues with job counts, the next jobs to run, and live workers."""
     app = load_app(app_path)
-    data = run(_with_broker(app, lambda b: gather_status(b, app=app)))
+    data = _read(app, lambda b: gather_status(b, app=app))
     click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
 
 
@@ -388,7 +436,7 @@ def jobs(app_path: str, status_: str | None, queue: str | None, limit: int, as_j
     """List jobs, waiting ones in the order they will run."""
     app = load_app(app_path)
     wanted = JobStatus(status_) if status_ else None
-    found = run(_with_broker(app, lambda b: b.list_jobs(status=wanted, queue=queue, limit=limit)))
+    found = _read(app, lambda b: b.list_jobs(status=wanted, queue=queue, limit=limit))
     if wanted in (JobStatus.SCHEDULED, JobStatus.RETRYING):
         found = by_due_time(found)
     _echo_jobs(found, app.clock.now(), as_json)
@@ -408,7 +456,12 @@ def _echo_jobs(found: list[JobRecord], now: float, as_json: bool) -> None:
 def job(app_path: str, job_id: str, as_json: bool) -> None:
     """Show one job: its result if it succeeded, its error and traceback if it failed."""
     app = load_app(app_path)
-    found = run(_with_broker(app, lambda b: b.get(job_id)))
+
+    async def find(broker: Broker) -> JobRecord | None:
+        [full_id] = await _full_ids(broker, [job_id])
+        return await broker.get(full_id)
+
+    found = _read(app, find)
     if found is None:
         raise click.ClickException(f"no job with id {job_id} (it may have expired)")
     now = app.clock.now()
@@ -416,6 +469,23 @@ def job(app_path: str, job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(job_json(found, now, app.serializer), indent=2))
     else:
         click.echo(render_job(found, now, app.serializer))
+
+
+async def _full_ids(broker: Broker, given: list[str]) -> list[str]:
+    """Each id as given, or the one id it is the start of: people copy the first
+    digits of an id from a log line. An id that matches nothing stays as given."""
+    full = []
+    for job_id in given:
+        if await broker.get(job_id) is None:
+            matches = await broker.ids_starting_with(job_id, 2)
+            if len(matches) > 1:
+                raise click.ClickException(
+                    f"{job_id!r} is the start of more than one job id ({', '.join(matches)}, "
+                    "...); give more of it"
+                )
+            job_id = matches[0] if matches else job_id
+        full.append(job_id)
+    return full
 
 
 # -- dead letters -----------------------------------------------------------------------
@@ -447,22 +517,19 @@ def dlq(
     """
     app = load_app(app_path)
     if action == "list":
-        found = run(
-            _with_broker(
-                app, lambda b: b.list_jobs(status=JobStatus.FAILED, queue=queue, limit=limit)
-            )
-        )
+        found = _read(app, lambda b: b.list_jobs(status=JobStatus.FAILED, queue=queue, limit=limit))
         _echo_jobs(found, app.clock.now(), as_json)
         return
     if every == bool(job_ids):
         raise click.UsageError(f"give the job ids to {action}, or --all (not both)")
     ids = None if every else list(job_ids)
-    if action == "retry":
-        count = run(_with_broker(app, lambda b: b.retry_failed(ids)))
-        click.echo(f"{count} job{'s' if count != 1 else ''} queued again")
-    else:
-        count = run(_with_broker(app, lambda b: b.purge(ids)))
-        click.echo(f"{count} job{'s' if count != 1 else ''} purged")
+
+    async def act(broker: Broker) -> int:
+        chosen = None if ids is None else await _full_ids(broker, ids)
+        return await (broker.retry_failed(chosen) if action == "retry" else broker.purge(chosen))
+
+    count = _read(app, act)
+    click.echo(f"{plural(count, 'job')} {'queued again' if action == 'retry' else 'purged'}")
     if ids is not None and count < len(ids):
         missing = len(ids) - count
         raise click.ClickException(
@@ -489,9 +556,18 @@ def systemd(
     concurrency: int,
     grace_period: float,
     lease: float,
+    unknown_task_wait: float,
     user: str | None,
 ) -> None:
     """Print a systemd unit that runs this app's workers."""
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise click.ClickException(
+                f"no user named {user!r} on this machine; the service would not start. "
+                "Create the user first, or name an existing one with --user"
+            ) from None
     load_app(app_path)
     command = shlex.join(
         [
@@ -510,6 +586,8 @@ def systemd(
             f"{grace_period:g}",
             "--lease",
             f"{lease:g}",
+            "--unknown-task-wait",
+            f"{unknown_task_wait:g}",
         ]
     )
     name = app_path.partition(":")[0].split(".")[0]

@@ -34,6 +34,12 @@ WORKER_STALE_AFTER = 10.0
 WORKER_FORGOTTEN_AFTER = 60.0
 #: How often a worker puts expired leases back and drops expired results.
 DEFAULT_MAINTENANCE_INTERVAL = 5.0
+#: A job whose task a worker does not know goes back to its queue for a worker that
+#: knows it (a rolling deploy: an old worker meets a new task) for this long before
+#: it is dead-lettered.
+DEFAULT_UNKNOWN_TASK_WAIT = 600.0
+#: ... and it is offered again after half the time it has waited, within these bounds.
+UNKNOWN_TASK_RECHECK = (1.0, 30.0)
 #: On SIGTERM, running jobs get this long to finish before they are put back.
 DEFAULT_GRACE_PERIOD = 25.0
 #: Longest a worker waits on the broker before looking again; engines with a

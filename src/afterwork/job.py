@@ -52,11 +52,16 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
-    """What a failed attempt raised, kept so the caller can see the remote error."""
+    """What a failed attempt raised, kept so the caller can see the remote error.
+
+    ``since`` is when a job first met an error that keeps it waiting (no worker
+    knows its task): the put-backs that follow keep that time, which bounds them.
+    """
 
     type: str
     message: str
     traceback: str = ""
+    since: float | None = None
 
 
 class JobRecord(msgspec.Struct, kw_only=True):

@@ -8,17 +8,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from .brokers import Broker
 from .defaults import WORKER_STALE_AFTER
+from .errors import UnknownTask
 from .job import JobRecord, JobStatus, describe
 from .scheduler import describe as describe_periodic
 from .serialization import Serializer
 
 if TYPE_CHECKING:
     from .app import Afterwork
+
+#: How an :class:`UnknownTask` error is recorded in a job.
+UNKNOWN_TASK = f"{UnknownTask.__module__}.{UnknownTask.__qualname__}"
 
 STATUS_COLUMNS = [
     JobStatus.SCHEDULED,
@@ -50,17 +55,44 @@ async def gather_status(
             later += await broker.list_jobs(status=status, limit=room)
         upcoming += by_due_time(later)[:room]
     workers = await broker.workers(WORKER_STALE_AFTER)
+    served = {queue for worker in workers for queue in worker.queues}
+    homeless = await jobs_of_unknown_tasks(broker)
     report: dict[str, Any] = {
+        "broker": broker.describe(),
         "queues": {
             queue: {str(s): counts.get(str(s), 0) for s in STATUS_COLUMNS}
             for queue, counts in sorted(stats.items())
         },
         "next": [describe(job, now) for job in upcoming],
         "workers": [msgspec.to_builtins(w) for w in workers],
+        # Ready jobs that no live worker will claim: a worker started without --queues
+        # for them, or none running at all.
+        "unserved": {
+            queue: counts.get(str(JobStatus.QUEUED), 0)
+            for queue, counts in sorted(stats.items())
+            if counts.get(str(JobStatus.QUEUED), 0) and queue not in served
+        },
+        # Jobs a worker put back because it did not know their task, by task name.
+        "unknown_tasks": {name: len(jobs) for name, jobs in sorted(homeless.items())},
     }
     if app is not None and app.schedules:
         report["periodic"] = await gather_periodic(app, broker)
     return report
+
+
+#: How many waiting jobs ``status`` reads, per status, to find those of unknown tasks.
+UNKNOWN_TASK_SCAN = 500
+
+
+async def jobs_of_unknown_tasks(broker: Broker) -> dict[str, list[JobRecord]]:
+    """Waiting jobs that a worker put back because it did not know their task (during
+    a rolling deploy, or when a worker serves the wrong app), by task name."""
+    found: dict[str, list[JobRecord]] = {}
+    for status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+        for job in await broker.list_jobs(status=status, limit=UNKNOWN_TASK_SCAN):
+            if job.error is not None and job.error.type == UNKNOWN_TASK:
+                found.setdefault(job.task, []).append(job)
+    return found
 
 
 async def gather_periodic(app: Afterwork, broker: Broker) -> list[dict[str, Any]]:
@@ -76,6 +108,7 @@ async def gather_periodic(app: Afterwork, broker: Broker) -> list[dict[str, Any]
                 "task": periodic.name,
                 "schedule": describe_periodic(periodic),
                 "next_fire": periodic.schedule.next_after(now),
+                "tz": getattr(getattr(periodic.schedule, "tz", None), "key", None),
                 "last_fire": state.last_fire if state else None,
                 "last_job": state.last_job if state else None,
                 "last_status": str(last.status_at(now)) if last else None,
@@ -94,7 +127,7 @@ def render_periodic(rows: list[dict[str, Any]]) -> str:
             [
                 r["task"],
                 r["schedule"],
-                when(r["next_fire"]),
+                when(r["next_fire"], r["tz"]),
                 when(r["last_fire"]),
                 r["last_status"] or "-",
                 r["last_error"] or "",
@@ -146,15 +179,18 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def when(timestamp: float | None) -> str:
+def when(timestamp: float | None, zone: str | None = None) -> str:
+    """A time with its zone's name: this machine's zone, or ``zone`` (a cron
+    schedule's own) when given."""
     if timestamp is None:
         return "-"
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    moment = dt.datetime.fromtimestamp(timestamp, ZoneInfo(zone) if zone else None)
+    return moment.astimezone(moment.tzinfo or None).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def render_status(status: dict[str, Any]) -> str:
     queues = status["queues"]
-    out = ["Queues"]
+    out = [f"Jobs in {status['broker']}", "", "Queues"]
     if queues:
         headers = ["queue"] + [
             "dead letters" if s == JobStatus.FAILED else str(s) for s in STATUS_COLUMNS
@@ -193,7 +229,23 @@ def render_status(status: dict[str, Any]) -> str:
         out.append("  no live workers")
     if "periodic" in status:
         out += ["", "Periodic", render_periodic(status["periodic"])]
+    attention = [
+        f"  {plural(count, 'job')} ready in queue {queue!r}, and no live worker serves it: "
+        f"start one with --queues {queue}"
+        for queue, count in status["unserved"].items()
+    ] + [
+        f"  {plural(count, 'job')} of task {name!r} put back by a worker that does not know "
+        "the task: they wait for one that does, then go to the dead-letter queue"
+        for name, count in status["unknown_tasks"].items()
+    ]
+    if attention:
+        out += ["", "Needs attention", *attention]
     return "\n".join(out)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 job``, ``2 jobs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_jobs(jobs: list[JobRecord], now: float) -> str:

@@ -143,10 +143,12 @@ def _convertible(hint: Any) -> bool:
 
 
 def _decode_other(hint: Any, value: Any) -> Any:
-    """Builds the types :func:`_encode_other` sent as text."""
+    """Builds the types :func:`_encode_other` sent as text; ``object`` takes anything."""
+    if hint is object:
+        return value
     if isinstance(hint, type) and issubclass(hint, PurePath) and isinstance(value, str):
         return hint(value)
-    raise NotImplementedError
+    raise TypeError(f"Expected `{type_name(hint)}`, got `{type(value).__name__}`")
 
 
 def type_name(hint: Any) -> str:

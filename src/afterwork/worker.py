@@ -9,6 +9,7 @@ leases, hears about cancels, announces the worker, puts lost jobs back).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -27,9 +28,12 @@ from .defaults import (
     DEFAULT_LEASE,
     DEFAULT_MAINTENANCE_INTERVAL,
     DEFAULT_QUEUE,
+    DEFAULT_UNKNOWN_TASK_WAIT,
+    UNKNOWN_TASK_RECHECK,
 )
 from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
 from .job import ErrorInfo, JobRecord
+from .report import plural
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
@@ -87,6 +91,7 @@ class Worker:
         maintenance_interval: float | None = None,
         block: float = DEFAULT_BLOCK,
         scheduler: bool = True,
+        unknown_task_wait: float = DEFAULT_UNKNOWN_TASK_WAIT,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",")]
@@ -96,6 +101,10 @@ class Worker:
             raise ConfigurationError(f"concurrency must be 1 or more; got {concurrency}")
         if not lease > 0:
             raise ConfigurationError(f"lease must be more than 0 seconds; got {lease}")
+        if not unknown_task_wait >= 0:
+            raise ConfigurationError(
+                f"unknown_task_wait must be 0 or more seconds; got {unknown_task_wait}"
+            )
         if heartbeat is None:
             heartbeat = min(DEFAULT_HEARTBEAT, lease / 3)
         if not 0 < heartbeat < lease:
@@ -114,12 +123,17 @@ class Worker:
         self.grace_period = grace_period
         self.maintenance_interval = maintenance_interval
         self.block = block
+        #: How long a job naming a task this worker does not know is put back for
+        #: another worker before it is dead-lettered.
+        self.unknown_task_wait = unknown_task_wait
         #: Fires the app's periodic tasks from this worker (one run per fire
         #: however many workers do); off with ``scheduler=False``.
         self.scheduler = Scheduler(app) if scheduler and app.schedules else None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.processed = 0
         self.failed = 0
+        #: Every outcome this worker reported, by kind, for its closing line.
+        self.outcomes: collections.Counter[OutcomeKind] = collections.Counter()
         self.abandoned_threads = 0
         self.started_at = 0.0
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
@@ -181,6 +195,7 @@ class Worker:
             self.concurrency,
             extra={"worker": self.id, "queues": self.queues},
         )
+        self._warn_of_unserved_tasks()
         settler = asyncio.create_task(self._settle_loop(broker))
         heart = asyncio.create_task(self._heartbeat_loop(broker))
         schedules = asyncio.create_task(self.scheduler.run()) if self.scheduler else None
@@ -200,11 +215,45 @@ class Worker:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.app.hooks.emit("on_worker_stop", self)
             logger.info(
-                "worker %s stopped after %d jobs (%d failed)",
+                "worker %s stopped: %s",
                 self.id,
-                self.processed,
-                self.failed,
-                extra={"worker": self.id},
+                self._summary(),
+                extra={"worker": self.id, "outcomes": dict(self.outcomes)},
+            )
+
+    def _summary(self) -> str:
+        """What this worker did, each kind of outcome counted apart (an attempt that
+        will be retried is neither a success nor a failure)."""
+        words = {
+            OutcomeKind.SUCCEEDED: "succeeded",
+            OutcomeKind.RETRY: "to be retried",
+            OutcomeKind.FAILED: "failed for good",
+            OutcomeKind.CANCELLED: "cancelled",
+            OutcomeKind.REQUEUE: "put back",
+        }
+        done = [
+            f"{self.outcomes[kind]} {word}" for kind, word in words.items() if self.outcomes[kind]
+        ]
+        total = sum(self.outcomes.values())
+        if not total:
+            return "it ran no jobs"
+        return f"{plural(total, 'job')} handled: {', '.join(done)}"
+
+    def _warn_of_unserved_tasks(self) -> None:
+        """Tasks whose queue this worker does not serve wait for another worker; say so,
+        since a job that never runs is otherwise silent."""
+        unserved: dict[str, list[str]] = {}
+        for task in self.app.tasks.values():
+            if task.queue not in self.queues:
+                unserved.setdefault(task.queue, []).append(task.name)
+        for queue, names in unserved.items():
+            logger.warning(
+                "queue %r is not served by this worker, so jobs of %s wait for a worker "
+                "that serves it (--queues %s)",
+                queue,
+                ", ".join(sorted(names)),
+                ",".join([*self.queues, queue]),
+                extra={"worker": self.id, "queue": queue},
             )
 
     def info(self) -> WorkerInfo:
@@ -306,7 +355,10 @@ class Worker:
             task = self.app.resolve_task(job.task)
             args, kwargs = decode_arguments(self.app.serializer, job.payload)
             args, kwargs = task.hints.arguments(task.name, args, kwargs)
-        except (UnknownTask, SerializationError) as exc:
+        except UnknownTask as exc:
+            self._unknown_task(job, exc)
+            return
+        except SerializationError as exc:
             self._dead_letter(job, error_info(exc))
             return
         hooks = self.app.hooks
@@ -413,6 +465,33 @@ class Worker:
         self.app.hooks.emit("on_retry", self, job, error, delay)
         self._report(job, OutcomeKind.RETRY, error=error, retry_at=self.app.clock.now() + delay)
 
+    def _unknown_task(self, job: JobRecord, exc: UnknownTask) -> None:
+        """Put the job back for a worker that knows its task (during a rolling deploy an
+        old worker meets a new task), until it has waited ``unknown_task_wait``."""
+        now = self.app.clock.now()
+        kind = error_info(exc).type
+        previous = job.error
+        since = previous.since if previous and previous.type == kind and previous.since else now
+        waited = now - since
+        if waited >= self.unknown_task_wait:
+            message = f"{exc}; no worker that knows it claimed the job within {waited:.0f}s"
+            # Without ``since``: a dead letter retried later waits afresh.
+            self._dead_letter(job, ErrorInfo(kind, message))
+            return
+        low, high = UNKNOWN_TASK_RECHECK
+        delay = min(max(waited / 2, low), high, self.unknown_task_wait - waited)
+        logger.warning(
+            "%s (job %s): this worker does not know the task; putting the job back for "
+            "another worker (%.0fs of %.0fs waited)",
+            job.task,
+            job.id,
+            waited,
+            self.unknown_task_wait,
+            extra={"task": job.task, "job_id": job.id, "error_type": kind},
+        )
+        reason = ErrorInfo(kind, str(exc), since=since)
+        self._report(job, OutcomeKind.REQUEUE, error=reason, retry_at=now + delay)
+
     def _dead_letter(self, job: JobRecord, error: ErrorInfo) -> None:
         self.failed += 1
         logger.error(
@@ -442,6 +521,7 @@ class Worker:
 
     def _report(self, job: JobRecord, kind: OutcomeKind, **fields: Any) -> None:
         self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
+        self.outcomes[kind] += 1
         self._outcome_added.set()
 
     async def _settle_loop(self, broker: Broker) -> None:

@@ -386,3 +386,25 @@ async def test_wait_returns_a_finished_job_at_once(broker: Broker, make_job, cla
 
 async def test_wait_returns_none_for_an_unknown_job(broker: Broker):
     assert await asyncio.wait_for(broker.wait("no-such-job", timeout=5), timeout=1) is None
+
+
+# -- ids by their first digits -------------------------------------------------------
+
+
+async def test_ids_starting_with_finds_jobs_in_every_state_and_queue(
+    broker: Broker, make_job, claim
+):
+    waiting, running, failed = make_job(), make_job(queue="other"), make_job(queue="third")
+    await broker.enqueue([waiting, running, failed])
+    await claim(1, queues=("other",))
+    [claimed] = await claim(1, queues=("third",))
+    await broker.settle([outcome(claimed, OutcomeKind.FAILED, error=BOOM)])
+    every = sorted([waiting.id, running.id, failed.id])
+    shared = waiting.id[: len(waiting.id) - 2]  # the ids differ only in their last digit
+
+    for job in (waiting, running, failed):
+        assert await broker.ids_starting_with(job.id, 5) == [job.id]
+    assert await broker.ids_starting_with(shared, 5) == every
+    assert await broker.ids_starting_with(shared, 2) == every[:2]
+    assert await broker.ids_starting_with("zz", 2) == []
+    assert await broker.ids_starting_with("*", 2) == []

@@ -103,6 +103,28 @@ async def test_a_requeued_job_is_claimable_again_without_counting_the_attempt(
     assert again.attempts == 1
 
 
+async def test_a_requeue_with_a_time_and_a_reason_waits_until_then_without_the_attempt(
+    broker: Broker, clock: ManualClock, make_job, claim
+):
+    job, other = make_job(), make_job()
+    await broker.enqueue([job, other])
+    await claim(1, worker="w1")
+    reason = ErrorInfo("afterwork.errors.UnknownTask", "no task named 'x'", since=clock.now())
+
+    await broker.settle(
+        [outcome(job, OutcomeKind.REQUEUE, worker="w1", error=reason, retry_at=clock.now() + 5)]
+    )
+
+    record = await broker.get(job.id)
+    assert record.status_at(clock.now()) == JobStatus.SCHEDULED
+    assert (record.attempts, record.worker, record.error) == (0, None, reason)
+    assert record.run_at == clock.now() + 5
+    assert [j.id for j in await claim()] == [other.id]
+    clock.advance(5)
+    [again] = await claim(worker="w2")
+    assert (again.id, again.attempts, again.error) == (job.id, 1, reason)
+
+
 async def test_a_requeued_job_keeps_its_place_in_line(broker: Broker, make_job, claim):
     first, second = make_job(), make_job()
     await broker.enqueue([first, second])

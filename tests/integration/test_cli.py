@@ -275,6 +275,8 @@ def test_systemd_prints_a_unit_that_restarts_on_failure_and_runs_the_exact_worke
         "25",
         "--lease",
         "15",
+        "--unknown-task-wait",
+        "600",
     ]
 
 
@@ -293,12 +295,12 @@ def test_systemd_waits_longer_than_the_grace_period_it_passes_on(procs: Processe
         "-c",
         "4",
         "--user",
-        "shop",
+        "nobody",
     )
 
     settings = unit.splitlines()
     assert "TimeoutStopSec=136" in settings
-    assert "User=shop" in settings
+    assert "User=nobody" in settings
     assert worker_command(unit)[5:] == [
         "--queues",
         "high,low",
@@ -310,6 +312,8 @@ def test_systemd_waits_longer_than_the_grace_period_it_passes_on(procs: Processe
         "120.5",
         "--lease",
         "30",
+        "--unknown-task-wait",
+        "600",
     ]
 
 
@@ -344,12 +348,22 @@ ERRORS = {
     "status, unwritable sqlite path": (
         ["status", APP],
         {"AFTERWORK_URL": NOT_A_DIRECTORY},
-        "cannot open SQLite database",
+        "a-file/jobs.db does not exist",
     ),
     "worker, unwritable sqlite path": (
         ["worker", APP, "--burst"],
         {"AFTERWORK_URL": NOT_A_DIRECTORY},
         "cannot open SQLite database",
+    ),
+    "systemd for a user who does not exist": (
+        ["systemd", APP, "--user", "no-such-user-here"],
+        {},
+        "no user named 'no-such-user-here' on this machine",
+    ),
+    "status where no database is": (
+        ["status", APP],
+        {"AFTERWORK_URL": "sqlite:///{tmp_path}/elsewhere/jobs.db"},
+        "jobs.db does not exist. Run the command from the directory the app runs in",
     ),
     "heartbeat longer than lease": (
         ["worker", APP, "--lease", "1", "--heartbeat", "2"],
@@ -362,8 +376,14 @@ ERRORS = {
 @pytest.mark.parametrize(("args", "settings", "message"), ERRORS.values(), ids=ERRORS.keys())
 @pytest.mark.timeout(20)
 def test_a_command_that_cannot_work_says_why_in_one_line_and_exits_non_zero(
-    procs: Processes, tmp_path: Path, args: list[str], settings: dict[str, str], message: str
+    app: Afterwork,
+    procs: Processes,
+    tmp_path: Path,
+    args: list[str],
+    settings: dict[str, str],
+    message: str,
 ) -> None:
+    app.connect()  # the test's database exists, empty
     (tmp_path / "a-file").write_text("not a directory")
     env = {name: value.format(tmp_path=tmp_path) for name, value in settings.items()}
 
@@ -371,7 +391,9 @@ def test_a_command_that_cannot_work_says_why_in_one_line_and_exits_non_zero(
 
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
-    [line] = done.stderr.splitlines()
+    # A worker's log lines (where its jobs are) may come first; the error is one line.
+    *logged, line = done.stderr.splitlines()
+    assert all(" afterwork." in earlier for earlier in logged)
     assert line.startswith("Error: ")
     assert message in line
 
@@ -421,3 +443,33 @@ def test_an_app_whose_import_fails_is_one_line_with_the_error_and_where_it_is(
     assert shown.startswith("Error: cannot load broken_app:jobs: ")
     assert message in shown
     assert shown.endswith(f"(broken_app.py, {line})")
+
+
+@pytest.mark.timeout(20)
+def test_a_job_is_found_by_the_first_digits_of_its_id(
+    app: Afterwork, procs: Processes, where: str
+) -> None:
+    first, second = send(app, "fail", where, "one"), send(app, "fail", where, "two")
+    burst(procs)
+    shared = os.path.commonprefix([first.id, second.id])  # noqa: RUF071 (ids, not paths)
+
+    shown = ok(procs, "job", APP, first.id[: len(shared) + 1])
+    assert shown.splitlines()[0].split() == ["id", first.id]
+    ambiguous = procs.run("job", APP, shared)
+    assert ambiguous.returncode != 0
+    assert f"{shared!r} is the start of more than one job id" in ambiguous.stderr
+    assert ok(procs, "dlq", APP, "retry", second.id[: len(shared) + 1]) == "1 job queued again\n"
+    assert record_of(app, second.id).status == JobStatus.QUEUED
+
+
+@pytest.mark.timeout(20)
+def test_status_and_jobs_do_not_create_a_database_that_is_not_there(
+    procs: Processes, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/nowhere.db"
+
+    for command in (["status", APP], ["jobs", APP], ["dlq", APP, "list"], ["job", APP, "01"]):
+        done = procs.run(*command, env={"AFTERWORK_URL": url})
+        assert done.returncode != 0
+        assert f"SQLite file {tmp_path}/nowhere.db does not exist" in done.stderr
+    assert not (tmp_path / "nowhere.db").exists()

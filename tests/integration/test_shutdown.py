@@ -114,7 +114,7 @@ def test_a_burst_worker_says_how_many_jobs_it_left_for_a_later_time(
     [line] = [line for line in worker.output().splitlines() if "left for a later run" in line]
     assert line.endswith(
         "2 jobs left for a later run (1 scheduled, 1 retrying); "
-        f"the first is due at {due:%Y-%m-%d %H:%M:%S}"
+        f"the first is due at {due:%Y-%m-%d %H:%M:%S} {due.astimezone():%Z}"
     )
 
 

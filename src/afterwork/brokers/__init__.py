@@ -7,7 +7,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidURL, MissingDependency
-from .base import Broker, Outcome, OutcomeKind, QueueStats, ScheduleState, WorkerInfo
+from .base import (
+    Broker,
+    Outcome,
+    OutcomeKind,
+    QueueStats,
+    ScheduleState,
+    WorkerInfo,
+    redact,
+)
 
 # scheme -> (module, class, extra that installs its driver)
 _ENGINES: dict[str, tuple[str, str, str | None]] = {
@@ -21,15 +29,6 @@ _ENGINES: dict[str, tuple[str, str, str | None]] = {
     "amqp": ("amqp", "AMQPBroker", "amqp"),
     "amqps": ("amqp", "AMQPBroker", "amqp"),
 }
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, safe to print and log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def broker_class(url: str) -> type[Broker]:

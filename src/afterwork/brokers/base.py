@@ -12,6 +12,7 @@ import asyncio
 import enum
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -25,7 +26,9 @@ class OutcomeKind(enum.StrEnum):
     RETRY = "retry"  # run again at ``retry_at``
     FAILED = "failed"  # to the dead-letter queue
     CANCELLED = "cancelled"
-    REQUEUE = "requeue"  # put back untouched (worker shutdown): the attempt does not count
+    # Put back, the attempt not counted: untouched at a worker's shutdown; at ``retry_at``
+    # with ``error`` as the reason when the worker does not know the job's task.
+    REQUEUE = "requeue"
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +118,15 @@ class Notifier:
                     self._waiters.remove((loop, future))
 
 
+def redact(url: str) -> str:
+    """The URL with its password replaced, safe to print and log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -141,6 +153,16 @@ class Broker(abc.ABC):
         self.ready_signal = Notifier()
         #: Pulsed when a job finishes; :meth:`wait` waits on it.
         self.settled_signal = Notifier()
+
+    def describe(self) -> str:
+        """Which engine holds the jobs, and where, without a password: the first thing
+        the CLI says, so a worker started in the wrong place is noticed at once."""
+        return redact(self.url)
+
+    def exists(self) -> bool:
+        """Whether the store is there to read; commands that only look (``status``,
+        ``jobs``) say so instead of creating an empty one."""
+        return True
 
     def wake(self) -> None:
         """Make ``reserve`` calls blocked in this process return now, empty if nothing is
@@ -213,6 +235,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of jobs that start with ``prefix``, so a person can give
+        the first digits of an id; the CLI asks for two to tell one from many."""
 
     @abc.abstractmethod
     async def list_jobs(

@@ -50,6 +50,9 @@ class MemoryBroker(Broker):
         self._seq = itertools.count()
         self._tokens = itertools.count()
 
+    def describe(self) -> str:
+        return "memory:// (jobs live in this process only)"
+
     # -- internal, called with the lock held ------------------------------------------
 
     def _push(self, job: JobRecord, now: float) -> None:
@@ -232,7 +235,12 @@ class MemoryBroker(Broker):
                     requeued = True
                 else:  # REQUEUE: the attempt did not happen as far as the job is concerned
                     job.attempts = max(job.attempts - 1, 0)
-                    self._requeue(job, JobStatus.QUEUED, job.run_at, now)
+                    if outcome.error is not None:
+                        job.error = outcome.error
+                    if outcome.retry_at is not None and outcome.retry_at > now:
+                        self._requeue(job, JobStatus.SCHEDULED, outcome.retry_at, now)
+                    else:
+                        self._requeue(job, JobStatus.QUEUED, job.run_at, now)
                     requeued = True
         self.settled_signal.notify()
         if requeued:
@@ -277,6 +285,10 @@ class MemoryBroker(Broker):
         with self._lock:
             job = self._jobs.get(job_id)
             return None if job is None else self._copy(job)
+
+    async def ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        with self._lock:
+            return [i for i in self._jobs if i.startswith(prefix)][:limit]
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50

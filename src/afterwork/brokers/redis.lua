@@ -394,10 +394,19 @@ local function settle(id, worker, kind, has_result, result, err, retry_at)
     redis.call('HSET', job, 'run_at', retry_at)
     put_back(id, job, 'retrying', now)
   elseif kind == 'requeue' then
-    -- The attempt did not happen as far as the job is concerned.
+    -- The attempt did not happen as far as the job is concerned. A later time and a
+    -- reason come with a job whose task the worker does not know.
     local attempts = num(redis.call('HGET', job, 'attempts'), 0)
     redis.call('HSET', job, 'attempts', math.max(attempts - 1, 0))
-    put_back(id, job, 'queued', now)
+    if err ~= '' then
+      redis.call('HSET', job, 'error', err)
+    end
+    if tonumber(retry_at) > now then
+      redis.call('HSET', job, 'run_at', retry_at)
+      put_back(id, job, 'scheduled', now)
+    else
+      put_back(id, job, 'queued', now)
+    end
   else
     return 0
   end

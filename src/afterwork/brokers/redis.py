@@ -57,6 +57,7 @@ from .base import (
     OutcomeKind,
     ScheduleState,
     expired_lease_outcome,
+    redact,
 )
 from .redis_codec import as_dict, decode_job, encode_job
 from .redis_connection import RedisConnection, parse_redis_url
@@ -109,6 +110,10 @@ class RedisBroker(RedisReadSide, Broker):
         self._queues: dict[str, QueueKeys] = {}
         self._registered: dict[str, float] = {}  # queue -> when to add it to the registry again
         self._seen: dict[str, str] = {}
+
+    def describe(self) -> str:
+        kind = "Redis Cluster" if self.cluster else "Redis"
+        return f"{kind} {redact(self.url)}"
 
     async def connect(self) -> None:
         await self._redis.connect()

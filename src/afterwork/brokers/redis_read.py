@@ -25,6 +25,10 @@ _STATS_ORDER = ("queued", "scheduled", "retrying", "running", "succeeded", "canc
 _worker_decoder = msgspec.json.Decoder(WorkerInfo)
 
 
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 class RedisReadSide:
     """What handles, the CLI and the dashboard read; the broker supplies the plumbing."""
 
@@ -41,6 +45,35 @@ class RedisReadSide:
     @staticmethod
     def _decode(queue: QueueKeys, raw: Any, job_id: str) -> JobRecord | None:
         raise NotImplementedError
+
+    async def ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Every job is in one of its queue's state sets: scan those for the prefix."""
+        pattern = _glob_escape(prefix) + "*"
+        found: set[str] = set()
+        with self._redis.errors("looking up job ids"):
+            for queue in await self._all_queues():
+                for key in queue.keys[:-1]:  # each state's set; the expiry set repeats them
+                    found |= await self._scan(key, pattern, limit - len(found))
+                    if len(found) >= limit:
+                        return sorted(found)[:limit]
+        return sorted(found)
+
+    async def _scan(self, key: str, pattern: str, wanted: int) -> set[str]:
+        found: set[str] = set()
+        cursor: Any = 0
+        while True:
+            [(cursor, members)] = await self._redis.pipeline(
+                [("ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000)]
+            )
+            # [id, score, ...] from the RESP connection; (id, score) pairs from redis-py's.
+            ids = (
+                [m[0] for m in members]
+                if members and isinstance(members[0], tuple)
+                else members[::2]
+            )
+            found.update(i.decode() for i in ids)
+            if int(cursor) == 0 or len(found) >= wanted:
+                return found
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50

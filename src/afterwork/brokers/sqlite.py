@@ -132,6 +132,12 @@ class SQLiteBroker(Broker):
 
     # -- plumbing ---------------------------------------------------------------------
 
+    def describe(self) -> str:
+        return f"SQLite file {self.path}"
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a statement batch on this thread's own connection.
 
@@ -415,6 +421,11 @@ class SQLiteBroker(Broker):
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._run(self._fetch, Q["get"], (job_id,))
         return _row_to_job(rows[0]) if rows else None
+
+    async def ids_starting_with(self, prefix: str, limit: int) -> list[str]:
+        # A range, not LIKE, so the id index answers it (LIKE ignores it by default).
+        rows = await self._run(self._fetch, Q["ids_from"], (prefix, prefix + "\uffff", limit))
+        return [str(row["id"]) for row in rows]
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50

@@ -121,8 +121,13 @@ SET status = 'cancelled', error = coalesce(:error, error), finished_at = :now,
 WHERE id = :id AND status = 'running' AND worker = :worker AND cancel_requested = 1
 
 -- name: settle_requeue
+-- The attempt does not count; a later time and a reason come with a job whose task
+-- the worker does not know.
 UPDATE afterwork_jobs
-SET status = 'queued', attempts = max(attempts - 1, 0), worker = NULL, lease_until = NULL
+SET status = CASE WHEN :retry_at > :now THEN 'scheduled' ELSE 'queued' END,
+    run_at = CASE WHEN :retry_at > :now THEN :retry_at ELSE run_at END,
+    error = coalesce(:error, error),
+    attempts = max(attempts - 1, 0), worker = NULL, lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: expired_leases
@@ -151,6 +156,9 @@ WHERE expires_at <= ? AND status IN ('succeeded', 'failed', 'cancelled')
 
 -- name: get
 SELECT * FROM afterwork_jobs WHERE id = ?
+
+-- name: ids_from
+SELECT id FROM afterwork_jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?
 
 -- name: stats
 SELECT queue,
