@@ -24,10 +24,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from afterwork import Afterwork, BackgroundTasks, JobStatus, after_response
+from afterwork import Afterwork, BackgroundTasks, JobNotFound, JobStatus, after_response
 from afterwork.integrations.starlette import (
     AfterworkMiddleware,
     background_tasks,
@@ -117,7 +117,10 @@ async def upload_photo(name: str) -> dict[str, str]:
 @app.get("/jobs/{job_id}")
 async def job_status(job_id: str) -> dict[str, Any]:
     handle = jobs.job(job_id)
-    status = await handle.astatus()
+    try:
+        status = await handle.astatus()
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id}") from None
     body: dict[str, Any] = {"id": job_id, "status": status.value}
     if status is JobStatus.SUCCEEDED:
         body["result"] = await handle.aresult()

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from afterwork import Afterwork, JobStatus, after_response
+from afterwork import Afterwork, JobNotFound, JobStatus, after_response
 from afterwork.integrations.starlette import AfterworkMiddleware, with_background
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -88,7 +88,10 @@ async def upload_photo(request: Request) -> Response:
 
 async def job_status(request: Request) -> Response:
     handle = jobs.job(request.path_params["id"])
-    status = await handle.astatus()
+    try:
+        status = await handle.astatus()
+    except JobNotFound:
+        return JSONResponse({"error": f"no job {handle.id}"}, status_code=404)
     body: dict[str, Any] = {"id": handle.id, "status": status.value}
     if status is JobStatus.SUCCEEDED:
         body["result"] = await handle.aresult()
