@@ -28,7 +28,8 @@ def example(tmp_path: Path) -> Iterator[Callable[[str], types.ModuleType]]:
         folder = tmp_path / name
         shutil.copytree(EXAMPLES / name, folder)
         spec = importlib.util.spec_from_file_location(f"example_{name}", folder / "app.py")
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
