@@ -473,3 +473,17 @@ def test_status_and_jobs_do_not_create_a_database_that_is_not_there(
         assert done.returncode != 0
         assert f"SQLite file {tmp_path}/nowhere.db does not exist" in done.stderr
     assert not (tmp_path / "nowhere.db").exists()
+
+
+@pytest.mark.timeout(20)
+def test_a_worker_says_first_where_its_jobs_are_and_warns_of_a_new_file(
+    procs: Processes, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+
+    worker = procs.worker("--burst", env={"AFTERWORK_URL": url})
+
+    assert worker.wait() == 0
+    first, second = worker.output().splitlines()[:2]
+    assert first.endswith(f"afterwork worker for {APP}: jobs in SQLite file {tmp_path}/fresh.db")
+    assert f"SQLite file {tmp_path}/fresh.db does not exist yet" in second
