@@ -4,6 +4,10 @@
 event loop and yields once the socket listens; leaving the block runs uvicorn's
 shutdown (connections closed, lifespan shutdown) unless the test already
 stopped the server. Nothing here polls: startup and shutdown return when done.
+
+Tests marked ``anyio`` run on both of anyio's backends, asyncio and trio, by
+anyio's pytest plugin; pytest-asyncio (in auto mode for the rest of the suite)
+is kept away from them.
 """
 
 from __future__ import annotations
@@ -64,6 +68,35 @@ async def serve(app: Any, **options: Any) -> AsyncIterator[Served]:
         yield served
     finally:
         await within(served.stop(), 30)
+
+
+@pytest.fixture(params=["asyncio", "trio"], scope="module")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backends ``anyio`` tests run on: named, so a missing trio fails instead of skipping."""
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give ``anyio`` tests back to anyio's plugin.
+
+    pytest-asyncio's auto mode turns every coroutine test into an item of its
+    own that runs on an asyncio loop, even one that asks for trio; these get a
+    plain test item again, which anyio's plugin runs on the backend it names.
+    """
+    for index, item in enumerate(items):
+        if (
+            isinstance(item, pytest.Function)
+            and type(item) is not pytest.Function
+            and item.get_closest_marker("anyio") is not None
+        ):
+            items[index] = pytest.Function.from_parent(
+                item.parent,
+                name=item.name,
+                callspec=getattr(item, "callspec", None),
+                callobj=item.obj,
+                fixtureinfo=item._fixtureinfo,
+                originalname=item.originalname,
+            )
 
 
 @pytest.fixture
