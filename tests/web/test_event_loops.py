@@ -264,11 +264,9 @@ async def test_a_failing_call_is_logged_and_the_next_one_runs(
         after_response(notify, 5)
         return JSONResponse({"order": 5})
 
+    app = starlette_app(Route("/order", order), on_error=on_error)
     with caplog.at_level(logging.ERROR, logger="afterwork"):
-        async with running(starlette_app(Route("/order", order), on_error=on_error)) as (
-            client,
-            _,
-        ):
+        async with running(app) as (client, _):
             assert (await within(client.get("/order"))).json() == {"order": 5}
             await within(done.wait())
     assert ran == ["notified 5"]
@@ -360,11 +358,9 @@ async def test_shutdown_cancels_and_logs_calls_that_outlive_the_grace_period(
         after_response(stuck)
         return PlainTextResponse("ok")
 
+    app = starlette_app(Route("/", endpoint), grace_period=0.1)
     with caplog.at_level(logging.WARNING, logger="afterwork"):
-        async with running(starlette_app(Route("/", endpoint), grace_period=0.1)) as (
-            client,
-            lifespan,
-        ):
+        async with running(app) as (client, lifespan):
             await within(client.get("/"))
             await within(started.wait())
             assert (await lifespan.shutdown())["type"] == "lifespan.shutdown.complete"
@@ -388,3 +384,37 @@ async def test_on_trio_jobs_on_the_middleware_fail_startup_with_what_to_do() -> 
     assert isinstance(lifespan.error, ConfigurationError)
     assert str(lifespan.error) == reply["message"]
     jobs.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_work_of_a_request_that_outlives_the_lifespan_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entered, release, answered = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def send_receipt() -> None: ...
+
+    async def slow(request: Request) -> Response:
+        after_response(send_receipt)
+        entered.set()
+        await release.wait()  # the app shuts down meanwhile
+        return PlainTextResponse("late")
+
+    async def call(client: httpx.AsyncClient) -> None:
+        assert (await client.get("/")).text == "late"
+        answered.set()
+
+    with caplog.at_level(logging.WARNING, logger="afterwork"):
+        async with (
+            running(starlette_app(Route("/", slow))) as (client, lifespan),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(call, client)
+            await within(entered.wait())
+            assert (await lifespan.shutdown())["type"] == "lifespan.shutdown.complete"
+            await within(lifespan.finished.wait())
+            release.set()
+            await within(answered.wait())
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "ended after the app shut down was not run" in warning
+    assert warning.endswith(send_receipt.__qualname__)

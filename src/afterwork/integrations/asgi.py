@@ -227,6 +227,7 @@ class TaskGroupRunner:
         #: What runs now: each hand-over's cancel scope and its calls (for the shutdown log).
         self._running: dict[CancelScope, list[BackgroundTask]] = {}
         self._idle: Callable[[], None] | None = None  # wakes drain when the last one ends
+        self._closed = False  # the lifespan, and its task group, are over
 
     @classmethod
     @asynccontextmanager
@@ -240,6 +241,7 @@ class TaskGroupRunner:
                 try:
                     yield runner
                 finally:  # work handed over after the shutdown's drain is not waited for
+                    runner._closed = True
                     runner._cancel_rest(0.0)
         except BaseExceptionGroup as errors:  # the lifespan's own error, as on asyncio
             if len(errors.exceptions) != 1:
@@ -250,6 +252,15 @@ class TaskGroupRunner:
         self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
     ) -> None:
         """Start ``tasks`` detached (``shared`` does not matter: each call runs in a copy)."""
+        if self._closed:  # a request that outlived the lifespan: no task group to run in
+            names = [task.name for task in tasks]
+            logger.warning(
+                "after-response work of a request that ended after the app shut down "
+                "was not run: %s",
+                ", ".join(names),
+                extra={"dropped": 1, "tasks": names},
+            )
+            return
         import anyio
 
         scope = anyio.CancelScope()
