@@ -256,22 +256,19 @@ class BackgroundTasks(_Accepted):
         """
         if tasks is None:
             tasks, self.tasks = self.tasks, []
+        if self.concurrent and len(tasks) > 1:
+            await self._run_together(tasks)
+            return
+        for task in tasks:
+            await run_in_context(self.run_one(task), task.context.copy())
+
+    async def _run_together(self, tasks: list[BackgroundTask]) -> None:
+        """Run ``tasks`` at the same time, each in a task of its own (``concurrent=True``)."""
         loop = running_asyncio_loop()
-        if loop is None:
-            await self._run_all_anyio(tasks)
-        elif self.concurrent and len(tasks) > 1:
+        if loop is not None:
             await asyncio.gather(
                 *(loop.create_task(self.run_one(t), context=t.context.copy()) for t in tasks)
             )
-        else:
-            for task in tasks:
-                await loop.create_task(self.run_one(task), context=task.context.copy())
-
-    async def _run_all_anyio(self, tasks: list[BackgroundTask]) -> None:
-        """``run_all`` off asyncio: one after the other in this task, or in a task group."""
-        if not self.concurrent or len(tasks) < 2:
-            for task in tasks:
-                await _resume(self.run_one(task), task.context.copy())
             return
         with _anyio_needed():
             import anyio
