@@ -418,3 +418,24 @@ async def test_on_trio_work_of_a_request_that_outlives_the_lifespan_is_logged(
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "ended after the app shut down was not run" in warning
     assert warning.endswith(send_receipt.__qualname__)
+
+
+def test_one_app_served_on_each_event_loop_in_turn() -> None:
+    """As a test suite does that runs the same app on both backends."""
+    ran: list[str] = []
+
+    async def record(loop: str) -> None:
+        ran.append(f"{loop} on {sniffio.current_async_library()}")
+
+    async def endpoint(request: Request) -> Response:
+        after_response(record, request.query_params["loop"])
+        return PlainTextResponse("ok")
+
+    async def serve_one_request(app: Starlette, loop: str) -> None:
+        async with running(app) as (client, _):
+            assert (await within(client.get("/", params={"loop": loop}))).text == "ok"
+
+    app = starlette_app(Route("/", endpoint))
+    for loop in ("trio", "asyncio", "trio"):
+        anyio.run(serve_one_request, app, loop, backend=loop)
+    assert ran == ["trio on trio", "asyncio on asyncio", "trio on trio"]

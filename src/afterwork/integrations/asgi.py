@@ -427,6 +427,8 @@ class AfterworkMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if running_asyncio_loop() is not None:
+            if not isinstance(self.runner, DetachedRunner):  # the app ran on trio before
+                self.runner = DetachedRunner()
             await self._serve_lifespan(scope, receive, send)
         elif self.jobs:
             await self._refuse_lifespan(receive, send, _worker_needs_asyncio())
