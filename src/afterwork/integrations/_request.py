@@ -20,7 +20,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ..background import BackgroundTask, BackgroundTasks, run_in_context, run_in_thread
+from ..background import BackgroundTask, BackgroundTasks
+from ..eventloops import run_in_context, run_in_thread
 
 logger = logging.getLogger("afterwork.background")
 

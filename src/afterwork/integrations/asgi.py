@@ -36,17 +36,10 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..background import (
-    BackgroundTask,
-    BackgroundTasks,
-    ErrorHandler,
-    _anyio_needed,
-    _current_tasks,
-    _resume,
-    running_asyncio_loop,
-)
+from ..background import BackgroundTask, BackgroundTasks, ErrorHandler, _current_tasks
 from ..defaults import DEFAULT_GRACE_PERIOD
 from ..errors import ConfigurationError
+from ..eventloops import anyio_needed, resume, running_asyncio_loop
 
 if TYPE_CHECKING:
     from anyio import CancelScope
@@ -148,7 +141,7 @@ class DetachedRunner:
                 if bare:
                     await self._finish(owner, call, coro, context, waiting_on)
                 else:
-                    await _resume(coro, context, waiting_on)
+                    await resume(coro, context, waiting_on)
                 return
         finally:
             if self._open is batch:
@@ -171,9 +164,9 @@ class DetachedRunner:
     ) -> None:
         """The rest of a call's coroutine, then its failure report if it fails."""
         try:
-            await _resume(coro, context, waiting_on)
+            await resume(coro, context, waiting_on)
         except Exception as exc:
-            await _resume(owner.failed(call, exc), context)
+            await resume(owner.failed(call, exc), context)
 
     @property
     def running(self) -> int:
@@ -233,7 +226,7 @@ class TaskGroupRunner:
     @asynccontextmanager
     async def hosted(cls) -> AsyncIterator[TaskGroupRunner]:
         """A runner whose task group lives as long as this block (the lifespan)."""
-        with _anyio_needed():
+        with anyio_needed():
             import anyio
         try:
             async with anyio.create_task_group() as group:
