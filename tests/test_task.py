@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -380,3 +382,27 @@ async def test_arguments_that_do_not_fit_the_signature_are_refused_at_enqueue(
         await task.aenqueue(*args, **kwargs)
     assert await app.broker.list_jobs() == []
     assert isinstance(raised.value, TypeError)
+
+
+def with_session(func: Any) -> Any:
+    """A decorator that supplies the first argument itself."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func("session", *args, **kwargs)
+
+    return wrapper
+
+
+@with_session
+def save_user(session: str, user_id: int) -> str:
+    return f"{session}:{user_id}"
+
+
+async def test_a_decorated_function_is_checked_as_the_worker_will_call_it(app: Afterwork) -> None:
+    task = app.task(save_user)
+
+    handle = await task.aenqueue(7)
+
+    await asyncio.wait_for(app.worker(burst=True).run(), 5)
+    assert await handle.aresult(timeout=5) == "session:7"

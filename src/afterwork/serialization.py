@@ -175,7 +175,8 @@ class TypeHints:
         self.returns: Any = None
         try:
             hints = typing.get_type_hints(func)
-            parameters = inspect.signature(func).parameters.values()
+            # The parameters the worker calls: a decorator may take fewer than it wraps.
+            parameters = inspect.signature(func, follow_wrapped=False).parameters.values()
         except Exception:  # unresolvable names, builtins without a signature: as they are
             self.active = False
             return

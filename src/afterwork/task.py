@@ -108,8 +108,10 @@ def retry_policy(retries: int | RetryPolicy | None, where: str) -> RetryPolicy:
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """What the worker will call: the function itself, not what a decorator wraps (a
+    decorator that supplies an argument takes fewer than the function it wraps)."""
     try:
-        return inspect.signature(func)
+        return inspect.signature(func, follow_wrapped=False)
     except (TypeError, ValueError):  # some builtins have none: the call will tell
         return None
 
