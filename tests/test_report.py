@@ -146,3 +146,36 @@ async def test_a_cron_schedules_next_fire_is_shown_in_its_own_zone(
 
     [row] = render_periodic(rows).splitlines()[1:]
     assert " 02:00:00 CE" in row  # CET or CEST, by the date
+
+
+def charge(order: str) -> str:
+    return order
+
+
+def refund(order: str) -> str:
+    return order
+
+
+async def test_status_lists_jobs_put_back_for_a_worker_that_knows_their_task(
+    manual_app: Afterwork, clock: ManualClock
+) -> None:
+    # Enqueued by code that knows the tasks; run by a worker that does not.
+    for name, func in (("billing.charge", charge), ("billing.refund", refund)):
+        await manual_app.task(name=name)(func).aenqueue("order-1")
+        del manual_app.tasks[name]
+    broker = await manual_app.aconnect()
+    await manual_app.worker(burst=True, unknown_task_wait=60).run()
+
+    status = await gather_status(broker)
+
+    assert status["unknown_tasks"] == {"billing.charge": 1, "billing.refund": 1}
+    assert render_status(status).splitlines()[-1] == (
+        "  1 job of task 'billing.refund' put back by a worker that does not know the task: "
+        "they wait for one that does, then go to the dead-letter queue"
+    )
+    # Dead-lettered, then retried from the dead-letter queue: no longer a put-back.
+    clock.advance(60)
+    await manual_app.worker(burst=True, unknown_task_wait=0).run()
+    [refunded] = await broker.list_jobs(status=JobStatus.FAILED, limit=1)
+    await broker.retry_failed([refunded.id])
+    assert (await gather_status(broker))["unknown_tasks"] == {}

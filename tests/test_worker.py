@@ -770,6 +770,21 @@ async def test_a_worker_counts_each_kind_of_outcome_apart_when_it_stops(
 
     closing = [r.getMessage() for r in caplog.records if "stopped:" in r.getMessage()]
     assert [line.partition(": ")[2] for line in closing] == [
-        "4 jobs handled: 2 succeeded, 1 to be retried, 1 failed for good",
+        "4 attempts: 2 succeeded, 1 failed and will be retried, 1 failed for good",
         "it ran no jobs",
     ]
+
+
+async def test_jobs_of_a_task_the_worker_does_not_know_are_warned_of_once_a_task(
+    app: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = app.serializer.dumps([[], {}])
+    await app.broker.enqueue([raw_record(app, "billing.charge", payload) for _ in range(3)])
+    await app.broker.enqueue([raw_record(app, "billing.refund", payload)])
+    caplog.set_level(logging.WARNING, logger="afterwork.worker")
+
+    worker = await run_burst(app)
+
+    warned = [r.task for r in caplog.records if "does not know the task" in r.getMessage()]  # type: ignore[attr-defined]
+    assert sorted(warned) == ["billing.charge", "billing.refund"]
+    assert worker.tally == {"left for a worker that knows their task": 4}

@@ -90,7 +90,8 @@ async def jobs_of_unknown_tasks(broker: Broker) -> dict[str, list[JobRecord]]:
     found: dict[str, list[JobRecord]] = {}
     for status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
         for job in await broker.list_jobs(status=status, limit=UNKNOWN_TASK_SCAN):
-            if job.error is not None and job.error.type == UNKNOWN_TASK:
+            # Only a put-back carries ``since``; a retried dead letter keeps its old error.
+            if job.error is not None and job.error.type == UNKNOWN_TASK and job.error.since:
                 found.setdefault(job.task, []).append(job)
     return found
 
@@ -234,8 +235,9 @@ def render_status(status: dict[str, Any]) -> str:
         f"start one with --queues {queue}"
         for queue, count in status["unserved"].items()
     ] + [
-        f"  {plural(count, 'job')} of task {name!r} put back by a worker that does not know "
-        "the task: they wait for one that does, then go to the dead-letter queue"
+        f"  {count}{'+' if count >= UNKNOWN_TASK_SCAN else ''} job{'' if count == 1 else 's'} "
+        f"of task {name!r} put back by a worker that does not know the task: they wait for "
+        "one that does, then go to the dead-letter queue"
         for name, count in status["unknown_tasks"].items()
     ]
     if attention:

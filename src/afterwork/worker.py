@@ -33,7 +33,6 @@ from .defaults import (
 )
 from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
 from .job import ErrorInfo, JobRecord
-from .report import plural
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
@@ -44,6 +43,16 @@ if TYPE_CHECKING:
     from .task import Task
 
 logger = logging.getLogger("afterwork.worker")
+
+#: The closing line's words for how an attempt ended.
+_TALLY = {
+    OutcomeKind.SUCCEEDED: "succeeded",
+    OutcomeKind.RETRY: "failed and will be retried",
+    OutcomeKind.FAILED: "failed for good",
+    OutcomeKind.CANCELLED: "cancelled",
+    OutcomeKind.REQUEUE: "put back",
+}
+_UNKNOWN_TASK_TALLY = "left for a worker that knows their task"
 
 # Why a running job's asyncio task was cancelled, which decides its outcome.
 _CANCELLED = "cancelled"
@@ -130,10 +139,9 @@ class Worker:
         #: however many workers do); off with ``scheduler=False``.
         self.scheduler = Scheduler(app) if scheduler and app.schedules else None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.processed = 0
-        self.failed = 0
-        #: Every outcome this worker reported, by kind, for its closing line.
-        self.outcomes: collections.Counter[OutcomeKind] = collections.Counter()
+        #: How the attempts this worker made ended, in the words of its closing line.
+        self.tally: collections.Counter[str] = collections.Counter()
+        self._unknown_tasks_seen: set[str] = set()
         self.abandoned_threads = 0
         self.started_at = 0.0
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
@@ -218,26 +226,28 @@ class Worker:
                 "worker %s stopped: %s",
                 self.id,
                 self._summary(),
-                extra={"worker": self.id, "outcomes": dict(self.outcomes)},
+                extra={"worker": self.id, "tally": dict(self.tally)},
             )
 
+    @property
+    def processed(self) -> int:
+        """Attempts that succeeded."""
+        return self.tally[_TALLY[OutcomeKind.SUCCEEDED]]
+
+    @property
+    def failed(self) -> int:
+        """Jobs this worker sent to the dead-letter queue."""
+        return self.tally[_TALLY[OutcomeKind.FAILED]]
+
     def _summary(self) -> str:
-        """What this worker did, each kind of outcome counted apart (an attempt that
-        will be retried is neither a success nor a failure)."""
-        words = {
-            OutcomeKind.SUCCEEDED: "succeeded",
-            OutcomeKind.RETRY: "to be retried",
-            OutcomeKind.FAILED: "failed for good",
-            OutcomeKind.CANCELLED: "cancelled",
-            OutcomeKind.REQUEUE: "put back",
-        }
-        done = [
-            f"{self.outcomes[kind]} {word}" for kind, word in words.items() if self.outcomes[kind]
-        ]
-        total = sum(self.outcomes.values())
+        """Attempts by how they ended: a job that failed and will run again is neither
+        a success nor a failure, and one put back was not run here at all."""
+        total = sum(self.tally.values())
         if not total:
             return "it ran no jobs"
-        return f"{plural(total, 'job')} handled: {', '.join(done)}"
+        order = [*_TALLY.values(), _UNKNOWN_TASK_TALLY]
+        ends = ", ".join(f"{self.tally[how]} {how}" for how in order if self.tally[how])
+        return f"{total} attempt{'' if total == 1 else 's'}: {ends}"
 
     def _warn_of_unserved_tasks(self) -> None:
         """Tasks whose queue this worker does not serve wait for another worker; say so,
@@ -390,7 +400,6 @@ class Worker:
             error.__cause__ = exc
             self._dead_letter(job, error_info(error))
             return
-        self.processed += 1
         self._report(job, OutcomeKind.SUCCEEDED, result=payload)
 
     async def _call(
@@ -480,7 +489,11 @@ class Worker:
             return
         low, high = UNKNOWN_TASK_RECHECK
         delay = min(max(waited / 2, low), high, self.unknown_task_wait - waited)
-        logger.warning(
+        # Once a task at warning level: a shared broker may hold thousands of such jobs.
+        first = job.task not in self._unknown_tasks_seen
+        self._unknown_tasks_seen.add(job.task)
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
             "%s (job %s): this worker does not know the task; putting the job back for "
             "another worker (%.0fs of %.0fs waited)",
             job.task,
@@ -490,10 +503,11 @@ class Worker:
             extra={"task": job.task, "job_id": job.id, "error_type": kind},
         )
         reason = ErrorInfo(kind, str(exc), since=since)
-        self._report(job, OutcomeKind.REQUEUE, error=reason, retry_at=now + delay)
+        self._report(
+            job, OutcomeKind.REQUEUE, _UNKNOWN_TASK_TALLY, error=reason, retry_at=now + delay
+        )
 
     def _dead_letter(self, job: JobRecord, error: ErrorInfo) -> None:
-        self.failed += 1
         logger.error(
             "%s (job %s) failed for good after attempt %d of %d with %s: %s",
             job.task,
@@ -519,9 +533,11 @@ class Worker:
 
     # -- settling ---------------------------------------------------------------------
 
-    def _report(self, job: JobRecord, kind: OutcomeKind, **fields: Any) -> None:
+    def _report(
+        self, job: JobRecord, kind: OutcomeKind, tally: str | None = None, **fields: Any
+    ) -> None:
         self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
-        self.outcomes[kind] += 1
+        self.tally[tally or _TALLY[kind]] += 1
         self._outcome_added.set()
 
     async def _settle_loop(self, broker: Broker) -> None:
