@@ -300,3 +300,31 @@ def _stored_tasks(tmp_path: Path) -> str:
         return " ".join(j.task for j in jobs.portal.call(jobs.broker.list_jobs()))
     finally:
         jobs.close()
+
+
+def test_an_ad_hoc_function_of_a_module_run_with_dash_m_is_sent_by_its_name(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "shop"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        f"from afterwork import Afterwork\njobs = Afterwork('sqlite:///{tmp_path}/jobs.db')\n"
+    )
+    (package / "tools.py").write_text(
+        "from shop.jobs import jobs\n"
+        "def cleanup():\n    pass\n"
+        "if __name__ == '__main__':\n    print(jobs.enqueue(cleanup).id)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shop.tools"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert _stored_tasks(tmp_path) == "shop.tools:cleanup"

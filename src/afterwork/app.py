@@ -7,6 +7,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import tzinfo
@@ -315,9 +316,10 @@ class Afterwork:
         if isinstance(func, Task):
             return func
         check_importable(func, f"ad hoc job {getattr(func, '__qualname__', func)!r}")
-        if getattr(func, "__module__", None) == "__main__":
+        if getattr(func, "__module__", None) == "__main__" and _running_a_script():
             # A worker would have to import the running script under another name,
             # running its top-level code again; refuse now rather than dead-letter later.
+            # (``python -m pkg.tool`` is a module a worker imports by its name.)
             raise TaskConfigurationError(
                 f"cannot enqueue {func.__qualname__} as an ad hoc job: it is defined in the "
                 "script being run (__main__), which a worker cannot import. Move it to a "
@@ -515,6 +517,12 @@ class _TaskDecorator:
 
     def __call__(self, func: Callable[..., Any], /) -> Task[Any, Any]:
         raise NotImplementedError  # pragma: no cover - typing only
+
+
+def _running_a_script() -> bool:
+    """Whether ``__main__`` is a file run as a script, not a module run with ``-m``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is None or not spec.name
 
 
 def _caller_package() -> str:

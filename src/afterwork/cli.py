@@ -19,6 +19,7 @@ import pwd
 import shlex
 import signal
 import sys
+import sysconfig
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -97,15 +98,22 @@ def _import_failure(path: str, exc: Exception) -> str:
 def _user_location(exc: BaseException) -> str | None:
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{_shown_path(exc.filename)}, line {exc.lineno}"
-    ours = os.path.dirname(__file__) + os.sep
-    libraries = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    # Frames of importlib, afterwork, the standard library and installed packages are
+    # not where the user's mistake is.
+    skipped = ("<", os.path.dirname(__file__) + os.sep, *_library_folders())
     found = None
     for frame, line in traceback.walk_tb(exc.__traceback__):
         filename = frame.f_code.co_filename
-        if filename.startswith(("<", ours)) or any(filename.startswith(p) for p in libraries):
+        if filename.startswith(skipped):
             continue
         found = f"{_shown_path(filename)}, line {line}"
     return found
+
+
+def _library_folders() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    return tuple(os.path.join(paths[n], "") for n in names if n in paths)
 
 
 def _shown_path(filename: str) -> str:
@@ -393,7 +401,10 @@ def scheduler(app_path: str, log_level: str) -> None:
 def periodic(app_path: str, as_json: bool) -> None:
     """The app's periodic tasks: schedule, next fire, last fire and its outcome."""
     app = load_app(app_path)
-    rows = _read(app, lambda b: gather_periodic(app, b))
+    if app.broker.exists():
+        rows = run(_with_broker(app, lambda b: gather_periodic(app, b)))
+    else:  # nothing has fired yet; the schedules need no store (nor create one)
+        rows = run(gather_periodic(app, None))
     click.echo(json.dumps(rows, indent=2) if as_json else render_periodic(rows))
 
 

@@ -96,14 +96,20 @@ async def jobs_of_unknown_tasks(broker: Broker) -> dict[str, list[JobRecord]]:
     return found
 
 
-async def gather_periodic(app: Afterwork, broker: Broker) -> list[dict[str, Any]]:
-    """Each periodic task: its schedule, next fire, last fire and how that run went."""
-    states = await broker.schedule_states()
-    now = broker.clock.now()
+async def gather_periodic(app: Afterwork, broker: Broker | None) -> list[dict[str, Any]]:
+    """Each periodic task: its schedule, next fire, last fire and how that run went.
+
+    Without a broker (its store does not exist yet) nothing has fired: the
+    schedules and their next fires are still worth showing.
+    """
+    states = await broker.schedule_states() if broker is not None else {}
+    now = app.clock.now()
     rows = []
     for periodic in app.schedules.values():
         state = states.get(periodic.name)
-        last = await broker.get(state.last_job) if state and state.last_job else None
+        last = None
+        if broker is not None and state is not None and state.last_job is not None:
+            last = await broker.get(state.last_job)
         rows.append(
             {
                 "task": periodic.name,

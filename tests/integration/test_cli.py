@@ -487,3 +487,18 @@ def test_a_worker_says_first_where_its_jobs_are_and_warns_of_a_new_file(
     first, second = worker.output().splitlines()[:2]
     assert first.endswith(f"afterwork worker for {APP}: jobs in SQLite file {tmp_path}/fresh.db")
     assert f"SQLite file {tmp_path}/fresh.db does not exist yet" in second
+
+
+@pytest.mark.timeout(20)
+def test_periodic_shows_the_schedules_before_anything_fired_without_creating_a_database(
+    procs: Processes, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/nowhere.db"
+
+    shown = ok(procs, "periodic", "periodic_app:jobs", env={"AFTERWORK_URL": url})
+
+    [header, tick] = shown.splitlines()
+    assert header.split()[:3] == ["task", "schedule", "next"]
+    assert tick.split()[:4] == ["tick", "every", "0.2s,", "overlap"]
+    assert tick.split()[-2:] == ["-", "-"]  # no last fire, no last run
+    assert not (tmp_path / "nowhere.db").exists()
