@@ -40,14 +40,19 @@ def anyio_needed() -> Iterator[None]:
 
 
 async def run_in_thread(call: Callable[[], object]) -> None:
-    """Run a blocking call in a worker thread, so the event loop goes on meanwhile."""
+    """Run a blocking call in a worker thread, so the event loop goes on meanwhile.
+
+    Cancelled, this returns at once on either loop and the thread is left to
+    finish the call on its own (a thread cannot be stopped): so the shutdown's
+    drain waits no longer than its grace period for a blocking call.
+    """
     loop = running_asyncio_loop()
     if loop is not None:
         await loop.run_in_executor(None, call)
         return
     with anyio_needed():
         import anyio.to_thread
-    await anyio.to_thread.run_sync(call)
+    await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
 
 async def run_in_context(coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:

@@ -370,6 +370,37 @@ async def test_shutdown_cancels_and_logs_calls_that_outlive_the_grace_period(
     assert warning.endswith(stuck.__qualname__)
 
 
+async def test_shutdown_stops_waiting_for_a_blocking_call_that_outlives_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its thread cannot be stopped, so it is left to finish on its own."""
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def render_report() -> None:
+        started.set()
+        release.wait(2 * WAIT)  # blocks well past the grace period
+        returned.set()
+
+    async def endpoint(request: Request) -> Response:
+        after_response(render_report)
+        return PlainTextResponse("ok")
+
+    app = starlette_app(Route("/", endpoint), grace_period=0.1)
+    with caplog.at_level(logging.WARNING, logger="afterwork"):
+        async with running(app) as (client, lifespan):
+            try:
+                await within(client.get("/"))
+                await in_thread_within(started)
+                assert (await lifespan.shutdown())["type"] == "lifespan.shutdown.complete"
+                assert not returned.is_set()
+            finally:
+                release.set()
+    await in_thread_within(returned)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "did not finish within 0.1s and was cancelled" in warning
+    assert warning.endswith(render_report.__qualname__)
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_on_trio_jobs_on_the_middleware_fail_startup_with_what_to_do() -> None:
     jobs = Afterwork("memory://")
