@@ -25,9 +25,8 @@ from typing import Any
 
 from .callables import callable_name, is_async_callable
 from .errors import JobCancelled, JobFailed, ResultTimeout, TaskQueueFull, TaskQueueNotRunning
-from .job import JobStatus
+from .job import JobStatus, error_info
 from .threads import DaemonThreadPool
-from .worker import error_info
 
 logger = logging.getLogger("afterwork.inprocess")
 _ids = itertools.count(1)

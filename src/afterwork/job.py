@@ -10,6 +10,7 @@ import enum
 import os
 import random
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -62,6 +63,25 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     message: str
     traceback: str = ""
     since: float | None = None
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """What an exception becomes in a job: its qualified type, message and traceback."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ fails must still be recorded
+        message = f"<{kind.__qualname__} whose message cannot be shown>"
+    try:
+        text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    except Exception:
+        text = ""
+    return ErrorInfo(name, message, text)
 
 
 class JobRecord(msgspec.Struct, kw_only=True):

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import socket
-import traceback
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,11 @@ from .defaults import (
     UNKNOWN_TASK_RECHECK,
 )
 from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
-from .job import ErrorInfo, JobRecord
+from .job import ErrorInfo, JobRecord, error_info
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
+from .settling import OutcomeWriter
 from .threads import DaemonThreadPool
 
 if TYPE_CHECKING:
@@ -57,24 +57,6 @@ _UNKNOWN_TASK_TALLY = "left for a worker that knows their task"
 # Why a running job's asyncio task was cancelled, which decides its outcome.
 _CANCELLED = "cancelled"
 _SHUTDOWN = "shutdown"
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    try:
-        message = str(exc)
-    except Exception:  # an exception whose __str__ fails must still be recorded
-        message = f"<{kind.__qualname__} whose message cannot be shown>"
-    try:
-        text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    except Exception:
-        text = ""
-    return ErrorInfo(name, message, text)
 
 
 class Worker:
@@ -146,15 +128,12 @@ class Worker:
         self.started_at = 0.0
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
         self._cancel_reason: dict[str, str] = {}
-        self._outcomes: list[Outcome] = []
-        self._flush_lock = asyncio.Lock()
-        self._settled_batches = 0
+        self._writer = OutcomeWriter(self.id)
         self._threads = DaemonThreadPool(concurrency, "afterwork-job")
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._outcome_added = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -204,7 +183,7 @@ class Worker:
             extra={"worker": self.id, "queues": self.queues},
         )
         self._warn_of_unserved_tasks()
-        settler = asyncio.create_task(self._settle_loop(broker))
+        settler = asyncio.create_task(self._writer.run(broker))
         heart = asyncio.create_task(self._heartbeat_loop(broker))
         schedules = asyncio.create_task(self.scheduler.run()) if self.scheduler else None
         try:
@@ -218,7 +197,7 @@ class Worker:
             settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(heart, settler, return_exceptions=True)
-            await self._flush(broker)
+            await self._writer.flush(broker)
             await broker.unregister_worker(self.id)
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.app.hooks.emit("on_worker_stop", self)
@@ -290,7 +269,7 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            settled_before = self._settled_batches
+            settled_before = self._writer.batches
             try:
                 jobs = await broker.reserve(
                     self.queues,
@@ -334,8 +313,8 @@ class Worker:
             if not jobs and self.burst:
                 if not self._running:
                     # A retry or put-back settled since the reserve may be ready now.
-                    await self._flush(broker)
-                    if self._settled_batches == settled_before:
+                    await self._writer.flush(broker)
+                    if self._writer.batches == settled_before:
                         return
                     continue
                 self._slot_freed.clear()
@@ -536,49 +515,8 @@ class Worker:
     def _report(
         self, job: JobRecord, kind: OutcomeKind, tally: str | None = None, **fields: Any
     ) -> None:
-        self._outcomes.append(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
+        self._writer.add(Outcome(job_id=job.id, worker=self.id, kind=kind, **fields))
         self.tally[tally or _TALLY[kind]] += 1
-        self._outcome_added.set()
-
-    async def _settle_loop(self, broker: Broker) -> None:
-        while True:
-            await self._outcome_added.wait()
-            self._outcome_added.clear()
-            await self._flush(broker)
-
-    async def _flush(self, broker: Broker) -> None:
-        """Write all pending outcomes in one call; on broker errors keep them and retry.
-
-        Callers wait for a write already in flight, so when this returns every
-        outcome reported before the call is in the broker.
-        """
-        async with self._flush_lock:
-            await self._flush_locked(broker)
-
-    async def _flush_locked(self, broker: Broker) -> None:
-        delay = 0.1
-        while self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            try:
-                await broker.settle(batch)
-                self._settled_batches += 1
-            except asyncio.CancelledError:
-                # Kept for the final flush; settling the same outcome twice is harmless
-                # since the broker ignores outcomes for jobs no longer running here.
-                self._outcomes[:0] = batch
-                raise
-            except Exception as exc:
-                self._outcomes[:0] = batch
-                logger.warning(
-                    "could not settle %d outcomes (%s: %s); retrying in %.1fs",
-                    len(batch),
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    extra={"worker": self.id, "error_type": type(exc).__name__},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     # -- heartbeat --------------------------------------------------------------------
 

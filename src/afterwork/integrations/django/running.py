@@ -26,7 +26,7 @@ from ...app import Afterwork
 from ...errors import UnknownTask
 from ...job import JobRecord
 from ...task import Task as AfterworkTask
-from ...worker import error_info
+from ...job import error_info
 from ._compat import (
     Task,
     TaskContext,
