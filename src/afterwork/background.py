@@ -45,6 +45,11 @@ ErrorHandler = Callable[["BackgroundTask", BaseException], Awaitable[None] | Non
 class Runner(Protocol):
     """Where detached after-response work goes (the middleware provides one)."""
 
+    @property
+    def closing(self) -> bool:
+        """Whether it takes no more work (the app shuts down): the request runs it then."""
+        ...
+
     def spawn(
         self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
     ) -> None: ...
@@ -222,11 +227,12 @@ class BackgroundTasks(_Accepted):
         """What a framework calls after sending the response.
 
         Under the middleware the work is handed to it and this returns at
-        once; elsewhere the tasks run before this returns, as in Starlette.
+        once; elsewhere (or once the app shuts down, on trio) the tasks run
+        before this returns, as in Starlette.
         """
         request = _current_tasks.get()
         runner = None if request is None else request.runner
-        if runner is None:
+        if runner is None or runner.closing:
             await self.run_all()
         elif self.tasks:
             tasks, self.tasks = self.tasks, []

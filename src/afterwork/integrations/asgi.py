@@ -5,7 +5,9 @@ provides ``request.state.background`` (a :class:`BackgroundTasks`) and makes
 :func:`after_response` work anywhere in the request's code. The collected
 tasks start once the app has finished with the request (the response is
 sent), in tasks of the middleware's own while the lifespan runs: a client
-that disconnects cannot cancel them. On lifespan startup (after the app's own
+that disconnects cannot cancel them. A request that ends once the runner
+takes no more work (on trio, from the shutdown's drain on) runs its tasks
+itself, as a request outside the lifespan does. On lifespan startup (after the app's own
 startup) it starts the :class:`Afterwork` app's in-process queue and embedded
 worker, if one is given; on shutdown it waits for running after-response work
 and queued jobs for up to ``grace_period`` seconds in all, then stops the
@@ -86,6 +88,10 @@ class DetachedRunner:
     ``asyncio.timeout``, anyio cancel scopes and task groups work in it as
     anywhere else.
     """
+
+    #: Never: an asyncio task starts at any time, even after the lifespan. The drain
+    #: waits (up to its deadline) for those started while it runs, too.
+    closing = False
 
     def __init__(self) -> None:
         #: What runs now, and the calls each asyncio task runs (for the shutdown log).
@@ -213,6 +219,11 @@ class TaskGroupRunner:
     hand-over runs in its own cancel scope, so the shutdown can cancel what
     outlives the grace period, and the calls run as ``BackgroundTasks.run_all``
     runs them (one after the other, each in its own context).
+
+    From the start of the drain it takes no more work (:attr:`closing`): the
+    drain waits only for what it found, and a request that ends later runs its
+    calls itself, since the task group would cancel them as the lifespan ends,
+    or is gone.
     """
 
     def __init__(self, group: TaskGroup) -> None:
@@ -220,7 +231,8 @@ class TaskGroupRunner:
         #: What runs now: each hand-over's cancel scope and its calls (for the shutdown log).
         self._running: dict[CancelScope, list[BackgroundTask]] = {}
         self._idle: Callable[[], None] | None = None  # wakes drain when the last one ends
-        self._closed = False  # the lifespan, and its task group, are over
+        #: The drain has begun, or the lifespan is over: :meth:`spawn` is not to be called.
+        self.closing = False
 
     @classmethod
     @asynccontextmanager
@@ -233,9 +245,12 @@ class TaskGroupRunner:
                 runner = cls(group)
                 try:
                     yield runner
-                finally:  # work handed over after the shutdown's drain is not waited for
-                    runner._closed = True
-                    runner._cancel_rest(0.0)
+                finally:  # left running only by a lifespan that ended without a shutdown
+                    runner.closing = True
+                    runner._cancel_rest(
+                        "the app's lifespan ended without a shutdown: "
+                        "after-response work was cancelled"
+                    )
         except BaseExceptionGroup as errors:  # the lifespan's own error, as on asyncio
             if len(errors.exceptions) != 1:
                 raise
@@ -244,16 +259,10 @@ class TaskGroupRunner:
     def spawn(
         self, owner: BackgroundTasks, tasks: list[BackgroundTask], *, shared: bool = True
     ) -> None:
-        """Start ``tasks`` detached (``shared`` does not matter: each call runs in a copy)."""
-        if self._closed:  # a request that outlived the lifespan: no task group to run in
-            names = [task.name for task in tasks]
-            logger.warning(
-                "after-response work of a request that ended after the app shut down "
-                "was not run: %s",
-                ", ".join(names),
-                extra={"dropped": 1, "tasks": names},
-            )
-            return
+        """Start ``tasks`` detached (``shared`` does not matter: each call runs in a copy).
+
+        Only while not :attr:`closing`; the caller runs them itself otherwise.
+        """
         import anyio
 
         scope = anyio.CancelScope()
@@ -279,14 +288,19 @@ class TaskGroupRunner:
     async def drain(self, timeout: float) -> int:
         """Wait for running work up to ``timeout``; cancel what is left and log it.
 
-        Returns the number of hand-overs cancelled.
+        Returns the number of hand-overs cancelled. From now on the runner takes
+        no more work, so the wait ends at ``timeout``, plus the time the
+        cancelled calls take to unwind.
         """
         import anyio
 
+        self.closing = True
         with anyio.move_on_after(max(timeout, 0.0)):
             await self._wait_idle()
-        cancelled = self._cancel_rest(timeout)
-        await self._wait_idle()  # the cancelled ones unwind
+        cancelled = self._cancel_rest(
+            "shutdown: after-response work did not finish within %.1fs and was cancelled", timeout
+        )
+        await self._wait_idle()  # the cancelled ones unwind (a blocking call's thread is left)
         return cancelled
 
     async def _wait_idle(self) -> None:
@@ -300,13 +314,14 @@ class TaskGroupRunner:
             finally:
                 self._idle = None
 
-    def _cancel_rest(self, timeout: float) -> int:
+    def _cancel_rest(self, message: str, *args: object) -> int:
+        """Cancel what runs, logging ``message % args`` and the calls' names."""
         if not self._running:
             return 0
         names = sorted({task.name for tasks in self._running.values() for task in tasks})
         logger.warning(
-            "shutdown: after-response work did not finish within %.1fs and was cancelled: %s",
-            timeout,
+            message + ": %s",
+            *args,
             ", ".join(names),
             extra={"dropped": len(self._running), "tasks": names},
         )
@@ -357,8 +372,9 @@ class AfterworkMiddleware:
         self.worker_options = dict(worker_options or {})
         #: Where detached work goes: asyncio tasks, or (on trio) the lifespan's task group.
         self.runner: DetachedRunner | TaskGroupRunner = DetachedRunner()
-        #: Between lifespan startup and shutdown. Only then is after-response work
-        #: detached: outside it nothing would wait for the work at shutdown (a
+        #: Between lifespan startup and shutdown. Only a request that starts then
+        #: detaches its after-response work (if its runner still takes it when the
+        #: request ends): otherwise nothing would wait for the work at shutdown (a
         #: server run without lifespan, a test client used without ``with``), so
         #: it runs in the request once the app is done, as Starlette's does.
         self.live = False
@@ -372,10 +388,8 @@ class AfterworkMiddleware:
                 await self.app(scope, receive, send)
             return
         # Once per request, so kept lean: one collection, one context variable.
-        live = self.live
-        tasks = BackgroundTasks.for_request(
-            self.runner if live else None, self.concurrent, self.on_error
-        )
+        runner = self.runner if self.live else None  # the lifespan's, as the request starts
+        tasks = BackgroundTasks.for_request(runner, self.concurrent, self.on_error)
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -387,10 +401,10 @@ class AfterworkMiddleware:
             _current_tasks.reset(token)
             collected = tasks.seal()
             if collected:
-                if live:
-                    self.runner.spawn(tasks, collected, shared=False)
-                else:
+                if runner is None or runner.closing:  # nothing would run them, or wait
                     await tasks.run_all(collected)
+                else:
+                    runner.spawn(tasks, collected, shared=False)
 
     # -- lifespan -----------------------------------------------------------------------
 
