@@ -4,13 +4,15 @@ After-response work runs wherever Starlette does: on asyncio through asyncio
 itself (the fast path, measured against Starlette's own classes by
 ``bench/web.py``), and on trio through anyio, which Starlette already depends
 on and which is imported only there. The one check between the two,
-:func:`running_asyncio_loop`, costs two C calls.
+:func:`running_asyncio_loop`, costs two C calls. Sync code that must not start
+a loop of its own where one runs asks :func:`loop_runs_here`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import types
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
@@ -25,6 +27,25 @@ def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
     if loop is None or asyncio.current_task(loop) is None:
         return None
     return loop
+
+
+def loop_runs_here() -> bool:
+    """Whether an event loop runs in this thread: asyncio's, or trio's (even as asyncio's guest).
+
+    Where one does, sync code cannot run a coroutine to its end in this thread:
+    ``asyncio.run`` refuses, and blocking on a loop of its own would stall the
+    one that runs.
+    """
+    if asyncio._get_running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")  # not imported: not running
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from afterwork import (
     ConfigurationError,
     after_response,
 )
+from afterwork.eventloops import loop_runs_here
 from afterwork.integrations.asgi import AfterworkMiddleware
 from afterwork.integrations.starlette import background_tasks
 
@@ -120,6 +121,12 @@ async def running(app: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Lifespan]]
 async def test_each_backend_runs_on_its_own_event_loop(anyio_backend: str) -> None:
     """pytest-asyncio, in auto mode for the rest of the suite, leaves these tests alone."""
     assert sniffio.current_async_library() == anyio_backend
+
+
+async def test_sync_code_knows_a_loop_runs_in_its_thread_on_either_backend() -> None:
+    """So a sync close() called from async code runs its coroutines on a thread of their own."""
+    assert loop_runs_here()
+    assert not await anyio.to_thread.run_sync(loop_runs_here)
 
 
 def starlette_app(*routes: Route, **options: Any) -> Starlette:

@@ -15,13 +15,12 @@ import asyncio
 import contextvars
 import functools
 import logging
-import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any
 
 from ..background import BackgroundTask, BackgroundTasks
-from ..eventloops import run_in_context, run_in_thread
+from ..eventloops import loop_runs_here, run_in_context, run_in_thread
 
 logger = logging.getLogger("afterwork.background")
 
@@ -43,7 +42,7 @@ def _context_of(task: BackgroundTask) -> contextvars.Context:
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine to completion from sync code, on a loop of its own."""
-    if not _loop_runs_here():
+    if not loop_runs_here():
         return asyncio.run(coro)
     # A loop already runs in this thread (a sync close() called from async code):
     # it cannot be re-entered, so the coroutine gets a thread and a loop of its own.
@@ -62,20 +61,6 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
-
-
-def _loop_runs_here() -> bool:
-    """Whether an event loop (asyncio's, or trio's) runs in this thread."""
-    if asyncio._get_running_loop() is not None:
-        return True
-    trio = sys.modules.get("trio")  # not imported: not running
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _call(task: BackgroundTask) -> None:
