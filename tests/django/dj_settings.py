@@ -10,7 +10,9 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "dj_views"
-INSTALLED_APPS = ["afterwork.integrations.django"]
+# dj_tasks is an app, as a project's tasks module would be in one: a worker imports a
+# Django task's module only from the installed apps (or finds it already imported).
+INSTALLED_APPS = ["afterwork.integrations.django", "dj_tasks"]
 if importlib.util.find_spec("django_tasks") is not None:  # the backport, before Django 6.0
     INSTALLED_APPS.insert(0, "django_tasks")
 MIDDLEWARE = ["afterwork.integrations.django.AfterworkMiddleware"]

@@ -7,16 +7,73 @@ import logging
 import os
 import subprocess
 import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dj_tasks
 import pytest
 from dj_support import HERE, finished
+from django.conf import settings
+from django.test import override_settings
 
-from afterwork import UnknownTask
+from afterwork import Afterwork, JobFailed, UnknownTask
 from afterwork.integrations.django import get_backend, start_worker_in_thread
 from afterwork.integrations.django._compat import InvalidTask, TaskResultStatus
 from afterwork.job import new_job_id
+
+#: A module that notes each import of itself in the file MARKER, and has a Django task.
+RECORDS_ITS_IMPORT = """\
+from pathlib import Path
+
+try:
+    from django.tasks import task
+except ImportError:
+    from django_tasks import task
+
+with Path({marker!r}).open("a") as f:
+    f.write(__name__ + "\\n")
+
+
+@task
+def shout(word: str) -> str:
+    return word.upper()
+"""
+
+
+def write_job(app: Afterwork, name: str, task: str, args: list[Any]) -> str:
+    """Store a job named ``name`` that runs Django task ``task``, as anyone who can write
+    to the broker could, without importing the task; its id."""
+    job_id = new_job_id()
+    envelope = {
+        "backend": "default",
+        "task": task,
+        "id": job_id,
+        "run_after": None,
+        "args": args,
+        "kwargs": {},
+    }
+    record = app.tasks["django.tasks.default"].prepare(envelope)
+    record.id = job_id
+    record.task = name
+    app.enqueue_many([record])
+    return job_id
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on sys.path for the test's modules; they are forgotten afterwards."""
+    root = tmp_path / "modules"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    for name in [name for name in sys.modules if name.startswith("dj_extra_")]:
+        del sys.modules[name]
+
+
+def installed(*apps: str) -> Any:
+    return override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, *apps])
 
 
 def cli(broker_url: str, *args: str) -> str:
@@ -59,29 +116,12 @@ def test_the_workers_log_names_the_django_task(
 
 def test_jobs_stored_under_the_earlier_runner_names_still_run(broker_url: str) -> None:
     app = get_backend().app
-    calls = [
-        ("django.tasks.default", dj_tasks.add, [2, 3]),
-        ("django.tasks.default.async", dj_tasks.whoami, ["old"]),
-    ]
-    ids = []
-    for name, task, args in calls:
-        job_id = new_job_id()
-        envelope = {
-            "backend": "default",
-            "task": task.module_path,
-            "id": job_id,
-            "run_after": None,
-            "args": args,
-            "kwargs": {},
-        }
-        record = app.tasks[name].prepare(envelope)
-        record.id = job_id
-        app.enqueue_many([record])
-        ids.append(job_id)
+    add = write_job(app, "django.tasks.default", dj_tasks.add.module_path, [2, 3])
+    whoami = write_job(app, "django.tasks.default.async", dj_tasks.whoami.module_path, ["old"])
     start_worker_in_thread()
-    assert finished(dj_tasks.add.get_result(ids[0])).return_value == 5
-    whoami = finished(dj_tasks.whoami.get_result(ids[1]))
-    assert whoami.return_value == {"label": "old", "attempt": 1, "id": ids[1]}
+    assert finished(dj_tasks.add.get_result(add)).return_value == 5
+    result = finished(dj_tasks.whoami.get_result(whoami))
+    assert result.return_value == {"label": "old", "attempt": 1, "id": whoami}
 
 
 def test_a_worker_finds_only_the_frameworks_tasks_by_path(broker_url: str) -> None:
@@ -95,13 +135,77 @@ def test_a_worker_finds_only_the_frameworks_tasks_by_path(broker_url: str) -> No
             app.resolve_task(name)
 
 
-def test_a_task_whose_module_fails_to_import_is_reported_with_the_reason(
-    broker_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+def test_a_job_cannot_make_a_worker_import_a_module_outside_the_installed_apps(
+    broker_url: str, modules: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "dj_broken_tasks.py").write_text("import dj_no_such_dependency\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(UnknownTask, match="dj_no_such_dependency"):
-        get_backend().app.resolve_task("dj_broken_tasks.send")
+    marker = tmp_path / "imported"
+    (modules / "dj_extra_outside.py").write_text(RECORDS_ITS_IMPORT.format(marker=str(marker)))
+    app = get_backend().app
+    with pytest.raises(UnknownTask, match=r"no task named .*only from the package of an install"):
+        app.resolve_task("dj_extra_outside.shout")
+    # Named by the job, or by the envelope of a job under an earlier version's runner name.
+    unknown = write_job(app, "dj_extra_outside.shout", "dj_extra_outside.shout", ["hi"])
+    legacy = write_job(app, "django.tasks.default", "dj_extra_outside.shout", ["hi"])
+    start_worker_in_thread(unknown_task_wait=0)  # an unknown task's job fails at once
+    with pytest.raises(JobFailed, match="INSTALLED_APPS") as failed:
+        app.job(unknown).result(5)
+    assert failed.value.error_type == "afterwork.errors.UnknownTask"
+    with pytest.raises(JobFailed, match="INSTALLED_APPS") as failed:
+        app.job(legacy).result(5)
+    assert failed.value.error_type == f"{InvalidTask.__module__}.{InvalidTask.__qualname__}"
+    with pytest.raises(InvalidTask, match="INSTALLED_APPS"):  # nor can reading its result
+        get_backend().get_result(legacy)
+    assert not marker.exists()
+    assert "dj_extra_outside" not in sys.modules
+
+
+def test_a_module_already_imported_is_read_without_its_lazy_getattr(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def load_lazily(name: str) -> Any:  # where a lazy loader would import a submodule
+        if not name.startswith("__"):  # (others look up __file__ and the like)
+            asked.append(name)
+        raise AttributeError(name)
+
+    lazy = types.ModuleType("dj_extra_lazy")
+    lazy.__getattr__ = load_lazily  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "dj_extra_lazy", lazy)
+    with pytest.raises(UnknownTask, match="no task named"):
+        get_backend().app.resolve_task("dj_extra_lazy.submodule")
+    assert asked == []
+
+
+def test_a_worker_imports_a_task_of_an_installed_app_to_run_it(
+    broker_url: str, modules: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "imported"
+    (modules / "dj_extra_app").mkdir()
+    (modules / "dj_extra_app" / "__init__.py").write_text("")
+    (modules / "dj_extra_app" / "tasks.py").write_text(
+        RECORDS_ITS_IMPORT.format(marker=str(marker))
+    )
+    with installed("dj_extra_app"):
+        assert "dj_extra_app.tasks" not in sys.modules  # the app is, not its tasks
+        app = get_backend().app
+        job_id = write_job(app, "dj_extra_app.tasks.shout", "dj_extra_app.tasks.shout", ["hi"])
+        start_worker_in_thread()
+        assert app.job(job_id).result(5) == "HI"
+        assert marker.read_text().split() == ["dj_extra_app.tasks"]  # once, by the worker
+        result = get_backend().get_result(job_id)
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        assert result.task.module_path == "dj_extra_app.tasks.shout"
+
+
+def test_a_task_whose_module_fails_to_import_is_reported_with_the_reason(
+    broker_url: str, modules: Path
+) -> None:
+    (modules / "dj_extra_broken").mkdir()
+    (modules / "dj_extra_broken" / "__init__.py").write_text("")
+    (modules / "dj_extra_broken" / "tasks.py").write_text("import dj_no_such_dependency\n")
+    with installed("dj_extra_broken"), pytest.raises(UnknownTask, match="dj_no_such_dependency"):
+        get_backend().app.resolve_task("dj_extra_broken.tasks.send")
 
 
 def test_a_django_task_cannot_share_its_name_with_an_afterwork_task(broker_url: str) -> None:

@@ -6,17 +6,22 @@ backend alias, the task's import path, the result id (the job's own id), the
 the task's import path (``myproject.tasks.send_email``); jobs enqueued by
 earlier versions are named ``django.tasks.<alias>`` (``.async`` after it for
 coroutine functions).
+
+A job's task path is data anyone who can write to the broker controls, so
+:func:`find_task` never imports a module outside the project's installed apps.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from ...app import Afterwork
 from ...errors import SerializationError
@@ -97,14 +102,66 @@ def job_envelope(app: Afterwork, record: JobRecord) -> dict[str, Any] | None:
     return envelope
 
 
+class TaskRefused(LookupError):
+    """A task path whose module afterwork will not import: it is outside the installed apps."""
+
+
+def find_task(path: str) -> Task[Any, Any] | None:
+    """The framework ``Task`` at import path ``path``; None if there is none.
+
+    The path comes from a job, which anyone who can write to the broker can
+    store, so its module is imported only if it is inside the package of an
+    installed app (``INSTALLED_APPS``); a module already imported is used as it
+    is, and only its globals are read. For any other, :class:`TaskRefused` is
+    raised without importing it. An installed app's module that fails to import
+    raises what it raised.
+    """
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name or not all(part.isidentifier() for part in path.split(".")):
+        return None
+    module = sys.modules.get(module_name)
+    if module is None:
+        if not apps.apps_ready:
+            raise TaskRefused(
+                f"{module_name} is not imported, and Django's apps are not loaded (call "
+                "django.setup() first) to tell whether it is inside an installed app"
+            )
+        if not _in_installed_app(module_name):
+            raise TaskRefused(
+                f"{module_name} is not imported, and afterwork imports a Django task's module "
+                "only from the package of an installed app (INSTALLED_APPS); put the task in "
+                "an installed app, or import its module where the worker starts"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+                return None  # no such module: not a task's path
+            raise
+    # The module's own globals: a module-level __getattr__ (a lazy loader's) could import.
+    task = vars(module).get(attribute)
+    return task if isinstance(task, Task) else None
+
+
+def _in_installed_app(module_name: str) -> bool:
+    return any(
+        module_name == config.name or module_name.startswith(config.name + ".")
+        for config in apps.get_app_configs()
+    )
+
+
 def load_task(envelope: Mapping[str, Any]) -> Task[Any, Any]:
     """The framework ``Task`` a job names, with the options it was enqueued with."""
     path = envelope["task"]
+    if not isinstance(path, str):
+        raise InvalidTask(f"a job's task must be an import path; got {path!r}")
     try:
-        task = import_string(path)
-    except ImportError as exc:
+        task = find_task(path)
+    except TaskRefused as exc:
+        raise InvalidTask(f"cannot load task {path!r}: {exc}") from None
+    except Exception as exc:  # importing runs the module's code: anything can fail
         raise InvalidTask(f"cannot import task {path!r}: {exc}") from exc
-    if not isinstance(task, Task):
+    if task is None:
         raise InvalidTask(
             f"{path!r} is not a task (a function decorated with @task); refusing to run it"
         )

@@ -12,7 +12,6 @@ the Django task's own import path, which the CLI and the logs show; the app's
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import logging
 import threading
@@ -24,9 +23,8 @@ from django.utils import timezone
 
 from ...app import Afterwork
 from ...errors import UnknownTask
-from ...job import JobRecord
+from ...job import JobRecord, error_info
 from ...task import Task as AfterworkTask
-from ...job import error_info
 from ._compat import (
     Task,
     TaskContext,
@@ -37,7 +35,16 @@ from ._compat import (
     task_finished,
     task_started,
 )
-from .results import FAILED, LEGACY_PREFIX, SUCCESSFUL, error_path, load_task, result_from_record
+from .results import (
+    FAILED,
+    LEGACY_PREFIX,
+    SUCCESSFUL,
+    TaskRefused,
+    error_path,
+    find_task,
+    load_task,
+    result_from_record,
+)
 
 if TYPE_CHECKING:
     from .backend import AfterworkBackend
@@ -85,9 +92,11 @@ class TaskNames:
     """An app's resolver of Django task names: ``myproject.tasks.send_email`` is run by
     the runner of the backend the task belongs to, under the task's own name.
 
-    A worker imports a name's module only to find a framework ``Task`` there, as
-    Django's own database backend does; a name that is not one is not a Django
-    task's, and the app reports it unknown.
+    A name is looked up with :func:`.results.find_task`: its module is imported
+    only from the package of an installed app (or found already imported), and
+    only a framework ``Task`` there is run. A name that is not one is not a
+    Django task's, and the app reports it unknown; one whose module is outside
+    the installed apps is reported unknown with that reason, without importing it.
     """
 
     def __init__(self) -> None:
@@ -116,29 +125,20 @@ class TaskNames:
         return named
 
     def __call__(self, name: str) -> AfterworkTask[Any, Any] | None:
-        task = _find_task(name)
+        try:
+            task = find_task(name)
+        except TaskRefused as exc:
+            raise UnknownTask(
+                f"no task named {name!r} is registered in this worker; {exc}"
+            ) from None
+        except Exception as exc:  # importing runs the module's code: anything can fail
+            module_name = name.rpartition(".")[0]
+            raise UnknownTask(f"cannot import {module_name} for task {name!r}: {exc}") from exc
         if task is None:
             return None
         # The alias only picks the retry policy: the job's envelope names its backend.
         alias = task.backend if task.backend in self._runners else next(iter(self._runners))
         return self.task_for(alias, task)
-
-
-def _find_task(name: str) -> Task[Any, Any] | None:
-    """The framework ``Task`` at import path ``name``; None if there is none."""
-    module_name, _, attribute = name.rpartition(".")
-    if not module_name:
-        return None
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            return None  # no such module: not a task's path
-        raise UnknownTask(f"cannot import {module_name} for task {name!r}: {exc}") from exc
-    except Exception as exc:  # importing runs the module's code: anything can fail
-        raise UnknownTask(f"cannot import {module_name} for task {name!r}: {exc}") from exc
-    task = getattr(module, attribute, None)
-    return task if isinstance(task, Task) else None
 
 
 # Like the backends' apps, kept for the life of the process (the app holds its resolver).
