@@ -136,7 +136,10 @@ class TaskNames:
             raise UnknownTask(f"cannot import {module_name} for task {name!r}: {exc}") from exc
         if task is None:
             return None
-        # The alias only picks the retry policy: the job's envelope names its backend.
+        # The alias only picks the backoff between attempts: their number, the timeout
+        # and the result TTL are in the job's record, from the backend that enqueued it.
+        # A resolver sees the name, not the envelope, so a job enqueued with
+        # .using(backend=...) on another backend of this app waits as the task's own says.
         alias = task.backend if task.backend in self._runners else next(iter(self._runners))
         return self.task_for(alias, task)
 
