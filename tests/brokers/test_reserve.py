@@ -223,7 +223,7 @@ async def test_a_job_whose_attempts_are_spent_when_its_lease_expires_is_dead_let
     record = await broker.get(job.id)
     assert record.status == JobStatus.FAILED
     assert record.error is not None
-    assert record.error.type == "WorkerLost"
+    assert record.error.type == "afterwork.errors.WorkerLost"
     assert "w2" in record.error.message
     assert record.finished_at == clock.now()
     assert record.worker == "w2"  # the worker that was lost, for the record

@@ -79,7 +79,7 @@ def test_a_job_that_keeps_killing_its_worker_ends_in_the_dead_letter_queue_as_wo
     record = record_of(app, job.id)
     assert record.attempts == 2
     assert record.error is not None
-    assert record.error.type == "WorkerLost"
+    assert record.error.type == "afterwork.errors.WorkerLost"
     assert "attempt 2 of 2" in record.error.message
     dead_letters = app.portal.call(app.broker.list_jobs(status=JobStatus.FAILED))
     assert [j.id for j in dead_letters] == [job.id]

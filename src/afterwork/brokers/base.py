@@ -12,6 +12,7 @@ import asyncio
 import enum
 import threading
 from collections.abc import Sequence
+from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -142,6 +143,9 @@ class Broker(abc.ABC):
 
     #: Whether enqueued jobs survive the process (false only for ``memory://``).
     durable: bool = True
+    #: Where a unique key is unique: across the whole broker, or per queue (Redis,
+    #: where a queue lives in one cluster slot and a key check cannot span them).
+    unique_scope: Literal["broker", "queue"] = "broker"
 
     def __init__(
         self, url: str, *, clock: Clock, dead_letter_ttl: float = DEFAULT_DEAD_LETTER_TTL
@@ -301,17 +305,3 @@ class Broker(abc.ABC):
     def _poll_interval(self) -> float:
         """How long :meth:`wait` trusts the in-process signal before reading again."""
         return 1.0
-
-
-def expired_lease_outcome(record: JobRecord, now: float) -> tuple[JobStatus, ErrorInfo | None]:
-    """What a lost lease means for a job: run again, or dead-letter if it has no attempts
-    left, or cancelled if a cancel was requested while it ran (it must not run again)."""
-    if record.cancel_requested:
-        return JobStatus.CANCELLED, None
-    if record.attempts >= record.max_attempts:
-        return JobStatus.FAILED, ErrorInfo(
-            "WorkerLost",
-            f"the worker {record.worker} stopped renewing its lease during attempt "
-            f"{record.attempts} of {record.max_attempts} (it crashed or was killed)",
-        )
-    return JobStatus.QUEUED, None

@@ -14,16 +14,15 @@ import itertools
 import threading
 from collections.abc import Sequence
 
+from .. import lifecycle
 from ..defaults import WORKER_FORGOTTEN_AFTER
-from ..job import ACTIVE, FINISHED, WAITING, JobRecord, JobStatus
+from ..job import WAITING, JobRecord, JobStatus
 from .base import (
     Broker,
     Outcome,
-    OutcomeKind,
     QueueStats,
     ScheduleState,
     WorkerInfo,
-    expired_lease_outcome,
 )
 
 # (-priority, run_at, enqueue order, entry token, id): the heap pops the job that
@@ -79,24 +78,28 @@ class MemoryBroker(Broker):
         del self._jobs[job_id]
         self._order.pop(job_id, None)
 
-    def _finish(self, job: JobRecord, status: JobStatus, now: float, ttl: float) -> None:
-        job.status = status
-        job.finished_at = now
-        job.lease_until = None  # the worker stays: it ran the last attempt
-        job.expires_at = now + ttl
-        self._running.discard(job.id)
-        self._entry.pop(job.id, None)
-        if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
-            del self._unique[job.unique_key]
-        heapq.heappush(self._expiry, (job.expires_at, job.id))
-
-    def _requeue(self, job: JobRecord, status: JobStatus, run_at: float, now: float) -> None:
-        job.status = status
-        job.run_at = run_at
-        job.worker = None
-        job.lease_until = None
-        self._running.discard(job.id)
-        self._push(job, now)
+    def _change(self, job: JobRecord, change: lifecycle.Change | None, now: float) -> bool:
+        """Make a lifecycle change, and keep the heaps and indexes in step with it."""
+        if change is None:
+            return False
+        after = lifecycle.apply(job, change)
+        if after is None:
+            self._delete(job.id)
+            return True
+        self._jobs[job.id] = after
+        if after.status == JobStatus.RUNNING:
+            self._running.add(job.id)
+        else:
+            self._running.discard(job.id)
+        unique = job.unique_key
+        if change.releases_unique and unique is not None and self._unique.get(unique) == job.id:
+            del self._unique[unique]
+        if change.expires:
+            self._entry.pop(job.id, None)
+            heapq.heappush(self._expiry, (after.expires_at or now, job.id))
+        if change.wakes:
+            self._push(after, now)
+        return True
 
     # -- write side ---------------------------------------------------------------------
 
@@ -137,13 +140,10 @@ class MemoryBroker(Broker):
                         continue
                     del self._entry[job_id]
                     job = self._jobs[job_id]
-                    job.status = JobStatus.RUNNING
-                    job.attempts += 1
-                    job.worker = worker
-                    job.started_at = now
-                    job.lease_until = now + lease
-                    self._running.add(job_id)
-                    claimed.append(job)
+                    self._change(
+                        job, lifecycle.claim(job, worker=worker, now=now, lease=lease), now
+                    )
+                    claimed.append(self._jobs[job_id])
                 if len(claimed) >= limit:
                     break
             return [self._copy(job) for job in claimed]
@@ -194,56 +194,31 @@ class MemoryBroker(Broker):
     async def extend(self, worker: str, job_ids: Sequence[str], lease: float) -> list[str]:
         lost: list[str] = []
         with self._lock:
-            until = self.clock.now() + lease
+            now = self.clock.now()
             for job_id in job_ids:
                 job = self._jobs.get(job_id)
-                if (
-                    job is None
-                    or job.status != JobStatus.RUNNING
-                    or job.worker != worker
-                    or job.cancel_requested
-                ):
+                renewed = job is not None and self._change(
+                    job, lifecycle.extend(job, worker=worker, now=now, lease=lease), now
+                )
+                if not renewed:
                     lost.append(job_id)
-                else:
-                    job.lease_until = until
         return lost
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        requeued = False
+        woken = False
         with self._lock:
             now = self.clock.now()
             for outcome in outcomes:
                 job = self._jobs.get(outcome.job_id)
-                if job is None or job.status != JobStatus.RUNNING or job.worker != outcome.worker:
+                if job is None:
                     continue
-                kind = outcome.kind
-                if kind == OutcomeKind.SUCCEEDED:
-                    job.result = outcome.result
-                    job.error = None
-                    self._finish(job, JobStatus.SUCCEEDED, now, job.result_ttl)
-                elif kind == OutcomeKind.FAILED:
-                    job.error = outcome.error
-                    self._finish(job, JobStatus.FAILED, now, self.dead_letter_ttl)
-                elif kind == OutcomeKind.CANCELLED or job.cancel_requested:
-                    if outcome.error is not None:
-                        job.error = outcome.error
-                    self._finish(job, JobStatus.CANCELLED, now, job.result_ttl)
-                elif kind == OutcomeKind.RETRY:
-                    job.error = outcome.error
-                    run_at = outcome.retry_at if outcome.retry_at is not None else now
-                    self._requeue(job, JobStatus.RETRYING, run_at, now)
-                    requeued = True
-                else:  # REQUEUE: the attempt did not happen as far as the job is concerned
-                    job.attempts = max(job.attempts - 1, 0)
-                    if outcome.error is not None:
-                        job.error = outcome.error
-                    if outcome.retry_at is not None and outcome.retry_at > now:
-                        self._requeue(job, JobStatus.SCHEDULED, outcome.retry_at, now)
-                    else:
-                        self._requeue(job, JobStatus.QUEUED, job.run_at, now)
-                    requeued = True
+                change = lifecycle.settle(
+                    job, outcome, now=now, dead_letter_ttl=self.dead_letter_ttl
+                )
+                self._change(job, change, now)
+                woken |= bool(change and change.wakes)
         self.settled_signal.notify()
-        if requeued:
+        if woken:
             self.ready_signal.notify()
 
     async def recover(self) -> int:
@@ -254,21 +229,12 @@ class MemoryBroker(Broker):
             self._workers = {k: w for k, w in self._workers.items() if w.last_seen >= cutoff}
             for job_id in list(self._running):
                 job = self._jobs[job_id]
-                if job.lease_until is not None and job.lease_until <= now:
-                    status, error = expired_lease_outcome(job, now)
-                    if status == JobStatus.FAILED:
-                        job.error = error
-                        self._finish(job, status, now, self.dead_letter_ttl)
-                    elif status == JobStatus.CANCELLED:
-                        self._finish(job, status, now, job.result_ttl)
-                    else:
-                        self._requeue(job, status, job.run_at, now)
-                    recovered += 1
+                lost = lifecycle.lose_lease(job, now=now, dead_letter_ttl=self.dead_letter_ttl)
+                recovered += self._change(job, lost, now)
             while self._expiry and self._expiry[0][0] <= now:
                 _, job_id = heapq.heappop(self._expiry)
-                expired = self._jobs.get(job_id)
-                if expired and expired.status in FINISHED and (expired.expires_at or 0) <= now:
-                    self._delete(job_id)
+                if (expired := self._jobs.get(job_id)) is not None:
+                    self._change(expired, lifecycle.expire(expired, now=now), now)
         if recovered:
             self.ready_signal.notify()
             self.settled_signal.notify()
@@ -347,31 +313,21 @@ class MemoryBroker(Broker):
                     if job.unique_key in self._unique:
                         continue  # an active twin already does this job's work
                     self._unique[job.unique_key] = job.id
-                retried += 1
-                job.attempts = 0
-                job.cancel_requested = False
-                job.finished_at = job.expires_at = None
-                job.run_at = now
-                job.status = JobStatus.QUEUED
-                self._push(job, now)
+                retried += self._change(job, lifecycle.retry_dead_letter(job, now=now), now)
         self.ready_signal.notify()
         return retried
 
     async def purge(self, job_ids: Sequence[str] | None = None) -> int:
         with self._lock:
-            ids = self._failed_ids(job_ids)
-            for job_id in ids:
-                self._delete(job_id)
-        return len(ids)
+            now = self.clock.now()
+            jobs = [self._jobs[i] for i in self._failed_ids(job_ids)]
+            return sum(self._change(job, lifecycle.purge(job), now) for job in jobs)
 
     async def cancel(self, job_id: str) -> bool:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status not in ACTIVE:
+            now = self.clock.now()
+            if job is None or not self._change(job, lifecycle.cancel(job, now=now), now):
                 return False
-            if job.status == JobStatus.RUNNING:
-                job.cancel_requested = True
-                return True
-            self._finish(job, JobStatus.CANCELLED, self.clock.now(), job.result_ttl)
         self.settled_signal.notify()
         return True

@@ -504,7 +504,7 @@ if f[2] then
   redis.call('SET', key, id)
 end
 redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'run_at', now_text)
-redis.call('HDEL', job, 'cancel_requested', 'finished_at', 'expires_at')
+redis.call('HDEL', job, 'cancel_requested', 'finished_at', 'expires_at', 'worker')
 redis.call('ZREM', FAILED, id)
 redis.call('ZREM', EXPIRY, id)
 redis.call('PERSIST', job)

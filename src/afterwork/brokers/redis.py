@@ -49,6 +49,7 @@ from typing import Any
 
 import msgspec
 
+from .. import lifecycle
 from ..defaults import DEFAULT_QUEUE
 from ..job import FINISHED, ErrorInfo, JobRecord, JobStatus
 from .base import (
@@ -56,7 +57,6 @@ from .base import (
     Outcome,
     OutcomeKind,
     ScheduleState,
-    expired_lease_outcome,
     redact,
 )
 from .redis_codec import as_dict, decode_job, encode_job
@@ -102,6 +102,8 @@ def _store_args(job: JobRecord, now: float) -> list[Any]:
 
 
 class RedisBroker(RedisReadSide, Broker):
+    unique_scope = "queue"
+
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         client_url, self.prefix, self.cluster = parse_redis_url(url)
@@ -462,9 +464,11 @@ class RedisBroker(RedisReadSide, Broker):
                 for raw_id, raw in lost:
                     job_id = raw_id.decode()
                     record = self._decode(queue, raw, job_id)
-                    status, error = (
-                        expired_lease_outcome(record, now) if record else (JobStatus.QUEUED, None)
+                    lost = record and lifecycle.lose_lease(
+                        record, now=now, dead_letter_ttl=self.dead_letter_ttl
                     )
+                    status = lost.status if lost else JobStatus.QUEUED
+                    error = lost.fields.get("error") if lost else None
                     text = "" if error is None else _error_encoder.encode(error)
                     args = (job_id, repr(now), str(status), text)
                     commands.append(

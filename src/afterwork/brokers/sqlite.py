@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .. import lifecycle
 from ..defaults import SQLITE_BUSY_TIMEOUT_MS, SQLITE_POLL_INTERVAL, WORKER_FORGOTTEN_AFTER
 from ..errors import BrokerConnectionError, InvalidURL
 from ..job import WAITING, ErrorInfo, JobRecord, JobStatus
@@ -34,7 +35,6 @@ from .base import (
     QueueStats,
     ScheduleState,
     WorkerInfo,
-    expired_lease_outcome,
 )
 from .sql import load_queries
 
@@ -399,10 +399,16 @@ class SQLiteBroker(Broker):
             now = self.clock.now()
             expired = [_row_to_job(r) for r in conn.execute(Q["expired_leases"], (now,))]
             for job in expired:
-                status, error = expired_lease_outcome(job, now)
-                params = {"id": job.id, "now": now, "error": _encode_error(error)}
+                lost = lifecycle.lose_lease(job, now=now, dead_letter_ttl=self.dead_letter_ttl)
+                if lost is None or lost.status is None:
+                    continue
+                params = {
+                    "id": job.id,
+                    "now": now,
+                    "error": _encode_error(lost.fields.get("error")),
+                }
                 params["dead_letter_ttl"] = self.dead_letter_ttl
-                conn.execute(Q[_LEASE_LOST[status]], params)
+                conn.execute(Q[_LEASE_LOST[lost.status]], params)
             conn.execute(Q["delete_expired"], (now,))
             conn.execute(Q["delete_stale_workers"], (now - WORKER_FORGOTTEN_AFTER,))
             return len(expired)

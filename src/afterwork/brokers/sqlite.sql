@@ -104,8 +104,8 @@ WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: settle_cancelled
 UPDATE afterwork_jobs
-SET status = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
-    lease_until = NULL
+SET status = 'cancelled', error = coalesce(:error, error), finished_at = :now,
+    expires_at = :now + result_ttl, lease_until = NULL
 WHERE id = :id AND status = 'running' AND worker = :worker
 
 -- name: settle_retry
@@ -178,7 +178,7 @@ UPDATE afterwork_jobs SET cancel_requested = 1 WHERE id = :id AND status = 'runn
 -- name: retry_failed
 UPDATE OR IGNORE afterwork_jobs
 SET status = 'queued', attempts = 0, run_at = :now, finished_at = NULL, expires_at = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, worker = NULL
 WHERE id = :id AND status = 'failed'
 
 -- name: purge_failed
