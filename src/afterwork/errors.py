@@ -80,7 +80,16 @@ class JobFailed(AfterworkError):
 
 
 class WorkerLost(AfterworkError):
-    """The worker running a job stopped renewing its lease (it crashed or was killed)."""
+    """The worker running a job stopped renewing its lease (it crashed or was killed).
+
+    Recorded as a dead letter's error type (``afterwork.errors.WorkerLost``), never
+    raised in this process: ``JobFailed.error_type`` names it.
+    """
+
+
+class CorruptJob(AfterworkError):
+    """A stored job cannot be read (written by another version, or damaged); it is
+    recorded as the error of the dead letter it becomes."""
 
 
 class TaskQueueFull(AfterworkError):

@@ -65,14 +65,18 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     since: float | None = None
 
 
+def error_type(kind: type[BaseException]) -> str:
+    """How an exception's type is recorded: ``ValueError`` for builtins, else its
+    importable path (``afterwork.errors.JobTimeout``)."""
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
-    """What an exception becomes in a job: its qualified type, message and traceback."""
+    """What an exception becomes in a job: its recorded type, message and traceback."""
     kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    name = error_type(kind)
     try:
         message = str(exc)
     except Exception:  # an exception whose __str__ fails must still be recorded

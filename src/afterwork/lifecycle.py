@@ -25,10 +25,11 @@ from typing import Any
 import msgspec
 
 from .brokers.base import Outcome, OutcomeKind
-from .job import ACTIVE, FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus
+from .errors import WorkerLost
+from .job import ACTIVE, FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus, error_type
 
 #: How a lost lease is recorded when the job has no attempts left.
-WORKER_LOST = "afterwork.errors.WorkerLost"
+WORKER_LOST = error_type(WorkerLost)
 
 
 @dataclass(frozen=True, slots=True)

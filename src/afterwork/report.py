@@ -15,7 +15,7 @@ import msgspec
 from .brokers import Broker
 from .defaults import WORKER_STALE_AFTER
 from .errors import UnknownTask
-from .job import JobRecord, JobStatus, describe
+from .job import JobRecord, JobStatus, describe, error_type
 from .scheduler import describe as describe_periodic
 from .serialization import Serializer
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .app import Afterwork
 
 #: How an :class:`UnknownTask` error is recorded in a job.
-UNKNOWN_TASK = f"{UnknownTask.__module__}.{UnknownTask.__qualname__}"
+UNKNOWN_TASK = error_type(UnknownTask)
 
 STATUS_COLUMNS = [
     JobStatus.SCHEDULED,

@@ -279,7 +279,7 @@ async def test_an_undecodable_job_goes_to_the_dead_letter_queue_and_the_worker_g
         assert [await good.aresult(1), await later.aresult(1)] == [1, 3]
         dead = {j.id: j for j in await app.broker.list_jobs(status=JobStatus.FAILED)}
         assert set(dead) == {broken.id, "by-hand"}
-        assert dead[broken.id].error.type == "CorruptJob"
+        assert dead[broken.id].error.type == "afterwork.errors.CorruptJob"
         assert "priority is b'urgent'" in dead[broken.id].error.message
         assert "spec is missing" in dead["by-hand"].error.message
         assert "unknown fields colour" in dead["by-hand"].error.message

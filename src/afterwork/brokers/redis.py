@@ -51,7 +51,8 @@ import msgspec
 
 from .. import lifecycle
 from ..defaults import DEFAULT_QUEUE
-from ..job import FINISHED, ErrorInfo, JobRecord, JobStatus
+from ..errors import CorruptJob
+from ..job import FINISHED, ErrorInfo, JobRecord, JobStatus, error_type
 from .base import (
     Broker,
     Outcome,
@@ -65,6 +66,7 @@ from .redis_keys import QueueKeys
 from .redis_read import RedisReadSide
 
 logger = logging.getLogger("afterwork.brokers.redis")
+CORRUPT_JOB = error_type(CorruptJob)
 
 #: A wake list never holds more tokens than this: enough to wake that many idle
 #: workers for a batch, few enough that stale tokens cost little.
@@ -380,7 +382,7 @@ class RedisBroker(RedisReadSide, Broker):
                     record.worker, record.started_at, record.lease_until = worker, now, until
                     claimed.append(record)
                 else:
-                    error = ErrorInfo("CorruptJob", f"job {record.id} cannot be read: {problem}")
+                    error = ErrorInfo(CORRUPT_JOB, f"job {record.id} cannot be read: {problem}")
                     logger.error(
                         "job %s in queue %s cannot be read (%s); moved to the dead-letter queue",
                         record.id,
