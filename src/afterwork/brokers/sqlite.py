@@ -29,13 +29,13 @@ from ..errors import BrokerConnectionError, InvalidURL
 from ..job import WAITING, ErrorInfo, JobRecord, JobStatus
 from .base import (
     Broker,
-    Notifier,
     Outcome,
     OutcomeKind,
     QueueStats,
     ScheduleState,
     WorkerInfo,
 )
+from .notify import Notifier
 from .sql import load_queries
 
 T = TypeVar("T")
