@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from pathlib import Path
 from typing import Any
@@ -294,5 +295,34 @@ async def test_after_run_tells_a_cancelled_or_put_back_job_from_a_success_return
         assert str(error) == "shutdown"
         await asyncio.wait_for(running, 5)
         assert (await app.job(put_back).astatus()) == "queued"
+    finally:
+        await app.aclose()
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def read_request_id() -> str:
+    return request_id.get()
+
+
+async def aread_request_id() -> str:
+    return request_id.get()
+
+
+class SetsRequestId(Hook):
+    def before_run(self, worker: Worker, job: JobRecord) -> None:
+        request_id.set(f"req-{job.id[-4:]}")
+
+
+@pytest.mark.parametrize("func", [read_request_id, aread_request_id], ids=["sync", "async"])
+async def test_a_context_variable_set_in_before_run_reaches_the_task(
+    tmp_path: Path, func: Any
+) -> None:
+    app = Afterwork(f"sqlite:///{tmp_path}/jobs.db", hooks=[SetsRequestId()])
+    try:
+        handle = await app.task(func).aenqueue()
+        await run_burst(app)
+        assert await handle.aresult(timeout=5) == f"req-{handle.id[-4:]}"
     finally:
         await app.aclose()

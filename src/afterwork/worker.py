@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -401,7 +402,10 @@ class Worker:
                         f"{task.name} ran longer than its timeout of {timeout}s"
                     ) from exc
                 raise
-        thread = self._threads.submit(task.func, *args, **kwargs)
+        # In the job's context, so what a before_run hook set (a request id, a trace
+        # span) is there in the thread, as it is for async tasks.
+        context = contextvars.copy_context()
+        thread = self._threads.submit(context.run, task.func, *args, **kwargs)
         future = asyncio.wrap_future(thread)
         try:
             return await asyncio.wait_for(future, timeout)
