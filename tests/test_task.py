@@ -24,6 +24,7 @@ from afterwork import (
 
 
 def send_email(user_id: int, subject: str = "hello") -> str:
+    """Send a greeting."""
     return f"{user_id}:{subject}"
 
 
@@ -243,6 +244,80 @@ def test_using_refuses_bad_options_with_a_value_error(
     with pytest.raises(ValueError, match=message) as excinfo:
         task.using(**options)
     assert task.name in str(excinfo.value)
+
+
+def test_using_returns_a_new_task_and_the_task_cannot_be_changed_in_place() -> None:
+    task = Afterwork("memory://").task(queue="emails")(resize_image)
+    variant = task.using(queue="urgent")
+    assert variant is not task
+    assert isinstance(variant, Task)
+    assert (variant.func, variant.app, variant.is_async) == (task.func, task.app, True)
+    assert variant.__wrapped__ is resize_image
+    for attribute, value in [("queue", "other"), ("priority", 5), ("app", None), ("delay", 1)]:
+        with pytest.raises(AttributeError):
+            setattr(task, attribute, value)
+        with pytest.raises(AttributeError):
+            setattr(variant, attribute, value)
+    assert (task.queue, variant.queue) == ("emails", "urgent")
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"priority": 1.5}, "priority must be an int"),
+        ({"priority": True}, "priority must be an int"),
+        ({"priority": -101}, "-100..100"),
+        ({"queue": "a,b"}, "without commas"),
+        ({"queue": 7}, "non-empty name"),
+    ],
+)
+def test_using_checks_the_options_it_shares_with_the_decorator_the_same_way(
+    options: dict[str, Any], fix: str
+) -> None:
+    jobs = Afterwork("memory://")
+    task = jobs.task(send_email)
+    with pytest.raises(TaskConfigurationError, match=fix) as at_using:
+        task.using(**options)
+    with pytest.raises(TaskConfigurationError, match=fix) as at_decoration:
+        jobs.task(**options)(resize_image)
+    assert str(at_using.value).startswith(f"task {task.name}: ")
+    assert str(at_decoration.value).removeprefix(f"task {__name__}.resize_image: ") == str(
+        at_using.value
+    ).removeprefix(f"task {task.name}: ")
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"name": ""}, "non-empty string"),
+        ({"name": "t", "priority": 500}, "out of range"),
+        ({"name": "t", "queue": ""}, "non-empty name"),
+        ({"name": "t", "retry": 3}, "RetryPolicy"),
+        ({"name": "t", "timeout": 0}, "more than 0 seconds"),
+        ({"name": "t", "timeout": float("inf")}, "zero or more seconds"),
+        ({"name": "t", "result_ttl": -1}, "zero or more seconds"),
+        ({"name": "t", "delay": 5, "run_at": 1e9}, "not both"),
+        ({"name": "t", "unique_key": ""}, "unique_key"),
+    ],
+)
+def test_a_task_built_directly_is_checked_like_a_decorated_one(
+    options: dict[str, Any], fix: str
+) -> None:
+    with pytest.raises(TaskConfigurationError, match=fix):
+        Task(Afterwork("memory://"), send_email, **options)
+
+
+def test_a_task_built_directly_has_the_documented_defaults() -> None:
+    task = Task(Afterwork("memory://"), send_email, name="mail.send")
+    assert (task.queue, task.priority, task.retry, task.timeout) == (
+        "default",
+        0,
+        RetryPolicy(),
+        None,
+    )
+    assert (task.delay, task.run_at, task.unique_key) == (None, None, None)
+    assert task(1) == "1:hello"
+    assert task.__doc__ == send_email.__doc__
 
 
 # -- enqueue --------------------------------------------------------------------------------

@@ -43,12 +43,9 @@ from .serialization import Serializer, serializer_for
 from .task import (
     Task,
     check_importable,
-    check_priority,
-    check_queue,
     importable_module,
     module_name,
     reject_unknown,
-    retry_policy,
 )
 
 if TYPE_CHECKING:
@@ -182,41 +179,31 @@ class Afterwork:
         ad_hoc: bool = False,
     ) -> Task[Any, Any]:
         label = getattr(func, "__qualname__", repr(func))
-        where = f"task {label}"
-        reject_unknown(unknown, where)
-        check_importable(func, where)
+        check_importable(func, f"task {label}")
         task_name = name or f"{module_name(func)}.{func.__qualname__}"
         # ':' marks ad hoc names ("module:function"), so a task's own name cannot use it.
         if not isinstance(task_name, str) or (":" in task_name and not ad_hoc):
-            raise TaskConfigurationError(f"{where}: name must be a string without ':'")
+            raise TaskConfigurationError(
+                f"task {label}: name must be a string without ':'; got {task_name!r}"
+            )
+        where = f"task {task_name}"
+        reject_unknown(unknown, where)
         existing = self.tasks.get(task_name)
         if existing is not None and existing.func is not func:
             raise TaskConfigurationError(
                 f"{where}: the name {task_name!r} is already used by another task; "
                 "pass name=... to tell them apart"
             )
-        try:
-            seconds = None if timeout is None else parse_duration(timeout, what="timeout")
-            ttl = (
-                self.result_ttl
-                if result_ttl is None
-                else parse_duration(result_ttl, what="result_ttl")
-            )
-        except ValueError as exc:
-            raise TaskConfigurationError(f"{where}: {exc}") from None
-        if seconds is not None and seconds <= 0:
-            raise TaskConfigurationError(
-                f"{where}: timeout must be more than 0 seconds; got {timeout!r}"
-            )
-        task: Task[Any, Any] = Task(
+        # Every other option is checked where a task is built, as it is for using().
+        task = Task.define(
             self,
             func,
             name=task_name,
-            queue=check_queue(queue, where),
-            priority=check_priority(priority, where),
-            retry=retry_policy(retries, where),
-            timeout=seconds,
-            result_ttl=ttl,
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            result_ttl=result_ttl,
         )
         self.tasks[task_name] = task
         return task

@@ -1,22 +1,37 @@
 """A task: a function registered with an app, with the options its jobs inherit.
 
-Tasks are immutable; ``task.using(...)`` returns a copy with call options
-changed (delay, priority, queue, unique key), in the manner of Django's tasks.
+Tasks are immutable, in the manner of Django's tasks: a frozen dataclass that
+checks its options when it is built, and ``task.using(...)`` returns a new one
+with call options changed (delay, priority, queue, unique key), checked the
+same way.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import inspect
+import math
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .defaults import MAX_PRIORITY, MIN_PRIORITY
-from .errors import InvalidArguments, PayloadTooLarge, TaskConfigurationError
+from .defaults import (
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    DEFAULT_RESULT_TTL,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+)
+from .errors import (
+    ConfigurationError,
+    InvalidArguments,
+    PayloadTooLarge,
+    TaskConfigurationError,
+)
 from .job import JobHandle, JobRecord, JobStatus, new_job_id
 from .retry import RetryPolicy
 from .schedule import DurationLike, parse_duration, to_timestamp
@@ -87,6 +102,19 @@ def check_queue(value: str, where: str) -> str:
     return value
 
 
+def _check_seconds(value: float, option: str, where: str, *, more_than_zero: bool = False) -> None:
+    """A duration already in seconds (what the decorator and ``using`` parse to)."""
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not math.isfinite(value) or value < 0:
+        raise TaskConfigurationError(
+            f"{where}: {option} must be zero or more seconds; got {value!r}"
+        )
+    if more_than_zero and value == 0:
+        raise TaskConfigurationError(
+            f"{where}: {option} must be more than 0 seconds; got {value:g}s"
+        )
+
+
 def reject_unknown(options: Mapping[str, Any], where: str) -> None:
     for option in options:
         close = difflib.get_close_matches(option, TASK_OPTIONS, n=1)
@@ -123,37 +151,101 @@ def _parameters(signature: inspect.Signature) -> str:
     return str(signature.replace(parameters=bare, return_annotation=empty))
 
 
+@dataclass(frozen=True, eq=False, repr=False)
 class Task(Generic[P, R]):
-    """A registered function. Call it to run it here; ``enqueue`` it to run it on a worker."""
+    """A registered function. Call it to run it here; ``enqueue`` it to run it on a worker.
 
-    def __init__(
-        self,
+    A task is immutable: every option is checked when it is built (by the
+    decorator, or by :meth:`using`, which builds a new one), so a task that
+    exists is one its jobs can honour. ``delay``, ``run_at`` and ``unique_key``
+    are set by :meth:`using` only; ``run_at`` is in seconds since the epoch.
+    """
+
+    app: Afterwork
+    func: Callable[P, Any]
+    _: KW_ONLY
+    name: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    result_ttl: float = DEFAULT_RESULT_TTL
+    delay: float | None = None
+    run_at: float | None = None
+    unique_key: str | None = None
+    is_async: bool = field(init=False)
+    _signature: inspect.Signature | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TaskConfigurationError(
+                f"a task's name must be a non-empty string; got {self.name!r}"
+            )
+        where = f"task {self.name}"
+        check_queue(self.queue, where)
+        check_priority(self.priority, where)
+        if not isinstance(self.retry, RetryPolicy):
+            raise TaskConfigurationError(
+                f"{where}: retry must be a RetryPolicy; got {self.retry!r}"
+            )
+        if self.timeout is not None:
+            _check_seconds(self.timeout, "timeout", where, more_than_zero=True)
+        _check_seconds(self.result_ttl, "result_ttl", where)
+        if self.delay is not None:
+            _check_seconds(self.delay, "delay", where)
+        if self.run_at is not None:
+            if self.delay is not None:
+                raise TaskConfigurationError(f"{where}: give delay or run_at, not both")
+            if isinstance(self.run_at, bool) or not isinstance(self.run_at, int | float):
+                raise TaskConfigurationError(
+                    f"{where}: run_at must be seconds since the epoch; got {self.run_at!r}"
+                )
+        if self.unique_key is not None and (
+            not isinstance(self.unique_key, str) or not self.unique_key
+        ):
+            raise TaskConfigurationError(f"{where}: unique_key must be a non-empty string")
+        # Frozen: what follows from the function is set once, here.
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(inspect.unwrap(self.func)))
+        object.__setattr__(self, "_signature", _signature(self.func))
+        object.__setattr__(self, "__doc__", self.func.__doc__)
+        object.__setattr__(self, "__wrapped__", self.func)
+
+    @classmethod
+    def define(
+        cls,
         app: Afterwork,
-        func: Callable[P, Any],
+        func: Callable[..., Any],
         *,
         name: str,
-        queue: str,
-        priority: int,
-        retry: RetryPolicy,
-        timeout: float | None,
-        result_ttl: float,
-    ) -> None:
-        self.app = app
-        self.func = func
-        self.name = name
-        self.queue = queue
-        self.priority = priority
-        self.retry = retry
-        self.timeout = timeout
-        self.result_ttl = result_ttl
-        self.is_async = inspect.iscoroutinefunction(inspect.unwrap(func))
-        self.run_at: float | None = None
-        self.delay: float | None = None
-        self.unique_key: str | None = None
-        self._hints: TypeHints | None = None
-        self._signature: inspect.Signature | None = _signature(func)
-        self.__doc__ = func.__doc__
-        self.__wrapped__ = func
+        queue: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
+        retries: int | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+        result_ttl: DurationLike | None = None,
+    ) -> Task[Any, Any]:
+        """A task from options as ``@jobs.task(...)`` takes them: ``retries`` as a count
+        or a policy, durations in any form (``"30s"``, seconds, timedelta), and
+        ``result_ttl`` the app's unless given."""
+        where = f"task {name}"
+        try:
+            seconds = None if timeout is None else parse_duration(timeout, what="timeout")
+            ttl = (
+                app.result_ttl
+                if result_ttl is None
+                else parse_duration(result_ttl, what="result_ttl")
+            )
+        except ConfigurationError as exc:
+            raise TaskConfigurationError(f"{where}: {exc}") from None
+        return cls(
+            app,
+            func,
+            name=name,
+            queue=queue,
+            priority=priority,
+            retry=retry_policy(retries, where),
+            timeout=seconds,
+            result_ttl=ttl,
+        )
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue!r} priority={self.priority}>"
@@ -162,13 +254,11 @@ class Task(Generic[P, R]):
         """Run the function here and now, as if it were not a task."""
         return self.func(*args, **kwargs)
 
-    @property
+    @cached_property
     def hints(self) -> TypeHints:
         """The function's annotated types, resolved at first use (when the module that
         defines them has finished importing), to give decoded values their types back."""
-        if self._hints is None:
-            self._hints = TypeHints(self.func)
-        return self._hints
+        return TypeHints(self.func)
 
     def using(
         self,
@@ -179,29 +269,29 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         unique_key: str | None = None,
     ) -> Task[P, R]:
-        """A copy whose next enqueues use these options; the task itself is unchanged.
+        """A new task whose enqueues use these options; this one is unchanged.
 
         ``delay`` (``"10s"``, seconds, timedelta) and ``run_at`` (an aware
-        datetime) are exclusive. While a job with ``unique_key`` is waiting or
-        running, enqueueing the same key returns that job.
+        datetime) are exclusive, and each replaces the other if set before.
+        While a job with ``unique_key`` is waiting or running, enqueueing the
+        same key returns that job. The new task is checked as the decorator
+        checks a task.
         """
         where = f"{self.name}.using()"
-        clone = copy.copy(self)
         if delay is not None and run_at is not None:
             raise TaskConfigurationError(f"{where}: give delay or run_at, not both")
+        changes: dict[str, Any] = {}
         if delay is not None:
-            clone.delay, clone.run_at = parse_duration(delay, what=f"{where} delay"), None
+            changes.update(delay=parse_duration(delay, what=f"{where} delay"), run_at=None)
         if run_at is not None:
-            clone.run_at, clone.delay = to_timestamp(run_at, what=f"{where} run_at"), None
+            changes.update(run_at=to_timestamp(run_at, what=f"{where} run_at"), delay=None)
         if priority is not None:
-            clone.priority = check_priority(priority, where)
+            changes["priority"] = priority
         if queue is not None:
-            clone.queue = check_queue(queue, where)
+            changes["queue"] = queue
         if unique_key is not None:
-            if not isinstance(unique_key, str) or not unique_key:
-                raise TaskConfigurationError(f"{where}: unique_key must be a non-empty string")
-            clone.unique_key = unique_key
-        return clone
+            changes["unique_key"] = unique_key
+        return replace(self, **changes)
 
     def prepare(self, *args: P.args, **kwargs: P.kwargs) -> JobRecord:
         """Build the job without sending it: for :meth:`Afterwork.enqueue_many`.
