@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from afterwork import (
     Worker,
 )
 from afterwork.job import new_job_id
+from afterwork.workeroptions import WorkerOptions
 
 FAST: dict[str, Any] = {"heartbeat": 0.05, "lease": 2.0, "block": 0.05}
 NO_WAIT = RetryPolicy(max_attempts=3, base_delay=0, jitter=False)
@@ -174,23 +176,127 @@ def raw_record(app: Afterwork, task: str, payload: bytes) -> JobRecord:
 # -- options --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"concurrency": 0}, "concurrency"),
-        ({"queues": []}, "queues"),
-        ({"queues": ["a", ""]}, "queues"),
-        ({"heartbeat": 5, "lease": 5}, "heartbeat"),
-    ],
-)
-def test_a_worker_with_impossible_options_is_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        Afterwork("memory://").worker(**options)
+REFUSED_OPTIONS = {
+    "a negative grace period": (
+        {"grace_period": -1},
+        "worker option grace_period must be a number of seconds, 0 or more; got -1",
+    ),
+    "a negative block": (
+        {"block": -5},
+        "worker option block must be a number of seconds, more than 0; got -5",
+    ),
+    "a zero block": ({"block": 0}, "block must be a number of seconds, more than 0; got 0"),
+    "a fractional concurrency": (
+        {"concurrency": 2.5},
+        "worker option concurrency must be a whole number, 1 or more; got 2.5",
+    ),
+    "a concurrency in a string": (
+        {"concurrency": "3"},
+        "worker option concurrency must be a whole number, 1 or more; got '3'",
+    ),
+    "no concurrency": ({"concurrency": 0}, "concurrency must be a whole number, 1 or more"),
+    "a bool for a concurrency": ({"concurrency": True}, "concurrency must be a whole number"),
+    "a zero lease": (
+        {"lease": 0},
+        "worker option lease must be a number of seconds, more than 0; got 0",
+    ),
+    "a lease in a string": ({"lease": "15"}, "lease must be a number of seconds, more than 0"),
+    "an endless lease": ({"lease": float("inf")}, "lease must be a number of seconds"),
+    "a zero heartbeat": (
+        {"heartbeat": 0},
+        "worker option heartbeat must be a number of seconds, more than 0; got 0",
+    ),
+    "a heartbeat as long as the lease": (
+        {"heartbeat": 5, "lease": 5},
+        "worker option heartbeat (5s) must be shorter than the lease (5s), or leases expire",
+    ),
+    "a negative unknown-task wait": (
+        {"unknown_task_wait": -1},
+        "worker option unknown_task_wait must be a number of seconds, 0 or more; got -1",
+    ),
+    "a zero maintenance interval": (
+        {"maintenance_interval": 0},
+        "worker option maintenance_interval must be a number of seconds, more than 0; got 0",
+    ),
+    "no queues": (
+        {"queues": []},
+        "worker option queues must be one or more queue names (non-empty, without commas), "
+        "as a list or a comma-separated string; got []",
+    ),
+    "an empty queue name": ({"queues": ["a", ""]}, "queues must be one or more queue names"),
+    "an empty queue in a string": ({"queues": "a,,b"}, "queues must be one or more queue names"),
+    "a queue name with a comma": ({"queues": ["a,b"]}, "queues must be one or more queue names"),
+    "a set of queues, which has no order": ({"queues": {"a"}}, "as a list"),
+    "a burst that is not a bool": (
+        {"burst": "yes"},
+        "worker option burst must be True or False; got 'yes'",
+    ),
+    "a misspelt option": (
+        {"concurency": 2},
+        "unknown worker option 'concurency'; did you mean 'concurrency'?",
+    ),
+    "an option that is not one": (
+        {"colour": "red"},
+        "unknown worker option 'colour'; known: queues, concurrency, grace_period",
+    ),
+}
 
 
-def test_queues_may_be_given_as_a_comma_separated_string() -> None:
-    worker = Afterwork("memory://").worker(queues="high, default,low,high")
-    assert worker.queues == ["high", "default", "low"]
+@pytest.mark.parametrize(("options", "message"), REFUSED_OPTIONS.values(), ids=REFUSED_OPTIONS)
+def test_a_worker_option_that_cannot_work_is_refused_naming_the_option_and_what_it_accepts(
+    options: dict[str, Any], message: str
+) -> None:
+    app = Afterwork("memory://")
+    ways: list[Callable[[], object]] = [
+        lambda: app.worker(**options),
+        lambda: Worker(app, **options),
+        lambda: Worker(app, WorkerOptions(concurrency=4), **options),
+        lambda: WorkerOptions.of(options),
+    ]
+    for make in ways:
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            make()
+
+
+async def test_an_embedded_worker_with_a_refused_option_starts_nothing() -> None:
+    app = Afterwork("memory://")
+    with pytest.raises(ConfigurationError, match="did you mean 'concurrency'"):
+        await app.start(concurency=2)
+    with pytest.raises(ConfigurationError, match="worker option queues"):
+        await app.start(queues=[])
+    assert not app.running
+    assert not app.local_queue.running
+
+
+def test_worker_options_have_the_documented_defaults() -> None:
+    worker = Afterwork("memory://").worker()
+    assert worker.options == WorkerOptions()
+    assert (worker.queues, worker.concurrency, worker.burst) == (["default"], 10, False)
+    assert (worker.grace_period, worker.lease, worker.unknown_task_wait) == (25, 15, 600)
+    assert (worker.heartbeat, worker.maintenance_interval, worker.block) == (1, 5, 1)
+
+
+def test_a_short_lease_shortens_the_heartbeat_and_the_maintenance_interval() -> None:
+    worker = Afterwork("memory://").worker(lease=1.5)
+    assert (worker.heartbeat, worker.maintenance_interval) == (0.5, 1.5)
+    assert worker.options.heartbeat is None  # computed by the worker, not stored
+
+
+def test_a_worker_takes_its_options_whole_or_changed_by_keyword() -> None:
+    app = Afterwork("memory://")
+    options = WorkerOptions(queues="high,low", concurrency=4, lease=3)
+    assert app.worker(options).options is options
+    worker = Worker(app, options, concurrency=2)
+    assert (worker.queues, worker.concurrency, worker.lease) == (["high", "low"], 2, 3)
+    assert options.concurrency == 4
+
+
+def test_worker_options_are_normalized_and_cannot_be_changed_in_place() -> None:
+    options = WorkerOptions(queues=["b", "a", "b"], lease=2, grace_period=0)
+    assert (options.queues, options.lease, options.grace_period) == (("b", "a"), 2.0, 0.0)
+    assert isinstance(options.lease, float)
+    with pytest.raises(AttributeError):
+        options.lease = 3  # type: ignore[misc]
 
 
 # -- running jobs ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from .task import (
 
 if TYPE_CHECKING:
     from .worker import Worker
+    from .workeroptions import WorkerOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -391,11 +392,13 @@ class Afterwork:
         """A handle for a job id seen earlier (in a log, a URL, the CLI)."""
         return JobHandle(self, job_id)
 
-    def worker(self, **options: Any) -> Worker:
-        """A worker for this app; see :class:`afterwork.worker.Worker` for the options."""
+    def worker(self, options: WorkerOptions | None = None, **changes: Any) -> Worker:
+        """A worker for this app, with :class:`~afterwork.workeroptions.WorkerOptions`
+        given whole or as keyword arguments (``jobs.worker(concurrency=20)``); each is
+        checked here, and a misspelt one is refused with the name it resembles."""
         from .worker import Worker
 
-        return Worker(self, **options)
+        return Worker(self, options, **changes)
 
     # -- the embedded worker: jobs run inside the web process -------------------------
 
@@ -408,25 +411,20 @@ class Afterwork:
         """Every queue a registered task uses, ``default`` first."""
         return list(dict.fromkeys([DEFAULT_QUEUE, *(t.queue for t in self.tasks.values())]))
 
-    async def start(
-        self,
-        *,
-        queues: Sequence[str] | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        **options: Any,
-    ) -> Worker:
+    async def start(self, *, queues: Sequence[str] | None = None, **options: Any) -> Worker:
         """Run a worker inside this process, on the running loop, until :meth:`stop`.
 
         This is the in-process queue on ``memory://``; on a durable broker it is
         an embedded worker, so queued work survives a restart with no second
-        process. Serves every known queue unless ``queues`` is given.
+        process. Serves every known queue unless ``queues`` is given; the other
+        options are the worker's (:meth:`worker`), checked before anything starts.
         """
         if self._embedded is not None:
             return self._embedded[0]
+        worker = self.worker(queues=self.queues() if queues is None else queues, **options)
         if not self.broker.durable:
-            self.local_queue.concurrency = concurrency
+            self.local_queue.concurrency = worker.concurrency
             await self.local_queue.start()
-        worker = self.worker(queues=queues or self.queues(), concurrency=concurrency, **options)
         task = asyncio.create_task(worker.run(), name="afterwork-embedded-worker")
         started = asyncio.ensure_future(worker.wait_started())
         await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)

@@ -20,24 +20,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .brokers import Broker, Outcome, OutcomeKind, WorkerInfo
-from .defaults import (
-    DEFAULT_BLOCK,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_GRACE_PERIOD,
-    DEFAULT_HEARTBEAT,
-    DEFAULT_LEASE,
-    DEFAULT_MAINTENANCE_INTERVAL,
-    DEFAULT_QUEUE,
-    DEFAULT_UNKNOWN_TASK_WAIT,
-    UNKNOWN_TASK_RECHECK,
-)
-from .errors import ConfigurationError, JobTimeout, SerializationError, UnknownTask
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAINTENANCE_INTERVAL, UNKNOWN_TASK_RECHECK
+from .errors import JobTimeout, SerializationError, UnknownTask
 from .job import ErrorInfo, JobRecord, error_info
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
 from .settling import OutcomeWriter
 from .threads import DaemonThreadPool
+from .workeroptions import WorkerOptions
 
 if TYPE_CHECKING:
     from .app import Afterwork
@@ -63,64 +54,43 @@ _SHUTDOWN = "shutdown"
 class Worker:
     """Runs jobs from ``queues`` (served in that order), at most ``concurrency`` at a time.
 
-    ``burst`` exits once nothing is ready or running. ``lease`` is how long a
-    claimed job stays this worker's without renewal: a killed worker's jobs
-    run elsewhere that soon after. ``heartbeat`` defaults to a third of the
+    The options are :class:`~afterwork.workeroptions.WorkerOptions`, given as
+    keyword arguments (``Worker(app, concurrency=20)``) or whole, and checked
+    here. ``burst`` exits once nothing is ready or running. ``lease`` is how
+    long a claimed job stays this worker's without renewal: a killed worker's
+    jobs run elsewhere that soon after. ``heartbeat`` defaults to a third of the
     lease (at most 1s) and ``maintenance_interval`` to the lease (at most 5s),
     so a short lease is renewed in time and expired ones are noticed promptly.
     """
 
     def __init__(
-        self,
-        app: Afterwork,
-        *,
-        queues: Sequence[str] = (DEFAULT_QUEUE,),
-        concurrency: int = DEFAULT_CONCURRENCY,
-        burst: bool = False,
-        lease: float = DEFAULT_LEASE,
-        heartbeat: float | None = None,
-        grace_period: float = DEFAULT_GRACE_PERIOD,
-        maintenance_interval: float | None = None,
-        block: float = DEFAULT_BLOCK,
-        scheduler: bool = True,
-        unknown_task_wait: float = DEFAULT_UNKNOWN_TASK_WAIT,
+        self, app: Afterwork, options: WorkerOptions | None = None, **changes: Any
     ) -> None:
-        if isinstance(queues, str):
-            queues = [q.strip() for q in queues.split(",")]
-        if not queues or any(not q for q in queues):
-            raise ConfigurationError(f"queues must be non-empty names; got {queues!r}")
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be 1 or more; got {concurrency}")
-        if not lease > 0:
-            raise ConfigurationError(f"lease must be more than 0 seconds; got {lease}")
-        if not unknown_task_wait >= 0:
-            raise ConfigurationError(
-                f"unknown_task_wait must be 0 or more seconds; got {unknown_task_wait}"
-            )
-        if heartbeat is None:
-            heartbeat = min(DEFAULT_HEARTBEAT, lease / 3)
-        if not 0 < heartbeat < lease:
-            raise ConfigurationError(
-                f"heartbeat ({heartbeat}s) must be more than 0 and shorter than the lease "
-                f"({lease}s), or leases expire"
-            )
-        if maintenance_interval is None:
-            maintenance_interval = min(DEFAULT_MAINTENANCE_INTERVAL, lease)
+        options = WorkerOptions.of(changes, options)
+        self.options = options
         self.app = app
-        self.queues = list(dict.fromkeys(queues))
-        self.concurrency = concurrency
-        self.burst = burst
-        self.lease = lease
-        self.heartbeat = heartbeat
-        self.grace_period = grace_period
-        self.maintenance_interval = maintenance_interval
-        self.block = block
+        self.queues = list(options.queues)
+        self.concurrency = options.concurrency
+        self.burst = options.burst
+        self.lease = options.lease
+        self.heartbeat = (
+            min(DEFAULT_HEARTBEAT, options.lease / 3)
+            if options.heartbeat is None
+            else options.heartbeat
+        )
+        self.grace_period = options.grace_period
+        self.maintenance_interval = (
+            min(DEFAULT_MAINTENANCE_INTERVAL, options.lease)
+            if options.maintenance_interval is None
+            else options.maintenance_interval
+        )
+        self.block = options.block
         #: How long a job naming a task this worker does not know is put back for
         #: another worker before it is dead-lettered.
-        self.unknown_task_wait = unknown_task_wait
+        self.unknown_task_wait = options.unknown_task_wait
         #: Fires the app's periodic tasks from this worker (one run per fire
         #: however many workers do); off with ``scheduler=False``.
-        self.scheduler = Scheduler(app) if scheduler and app.schedules else None
+        self.scheduler = Scheduler(app) if options.scheduler and app.schedules else None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         #: How the attempts this worker made ended, in the words of its closing line.
         self.tally: collections.Counter[str] = collections.Counter()
@@ -130,7 +100,7 @@ class Worker:
         self._running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
         self._cancel_reason: dict[str, str] = {}
         self._writer = OutcomeWriter(self.id)
-        self._threads = DaemonThreadPool(concurrency, "afterwork-job")
+        self._threads = DaemonThreadPool(options.concurrency, "afterwork-job")
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._stop_now = asyncio.Event()
