@@ -25,15 +25,8 @@ import click
 from .app import Afterwork
 from .appload import load_app
 from .brokers import Broker
-from .defaults import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_GRACE_PERIOD,
-    DEFAULT_LEASE,
-    DEFAULT_QUEUE,
-    DEFAULT_UNKNOWN_TASK_WAIT,
-    URL_ENV_VAR,
-)
-from .errors import AfterworkError
+from .defaults import DEFAULT_PROCESSES, URL_ENV_VAR
+from .errors import AfterworkError, ConfigurationError
 from .job import JobRecord, JobStatus, describe
 from .report import (
     by_due_time,
@@ -49,6 +42,7 @@ from .report import (
 )
 from .scheduler import Scheduler
 from .supervisor import SUPERVISOR_FD_ENV, Supervisor
+from .workeroptions import CommandLineOption, Count, Option, Switch, WorkerOptions
 
 T = TypeVar("T")
 logger = logging.getLogger("afterwork.cli")
@@ -96,61 +90,91 @@ _log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 
-# What a worker is started with: shared by `worker` and the unit `systemd` prints.
-_WORKER_OPTIONS = [
-    click.option(
-        "--queues",
-        "-q",
-        default=DEFAULT_QUEUE,
+
+def _click_option(option: CommandLineOption) -> Callable[[Callable[..., Any]], Any]:
+    """The click option for a worker option: its value is read and checked by its
+    definition (:mod:`afterwork.workeroptions`), so it is refused as from Python."""
+    spec, accepts = option.spec, option.spec.accepts
+    names = [option.flag, *([spec.short] if spec.short else []), option.name]
+    if isinstance(accepts, Switch):
+        return click.option(
+            *names,
+            is_flag=True,
+            flag_value=accepts.flag_sets,
+            default=option.default,
+            help=spec.help,
+        )
+
+    def read(ctx: click.Context, _param: click.Parameter, text: str | None) -> Any:
+        if text is None:
+            return None
+        try:
+            return accepts.check(accepts.parse(text), option.flag)
+        except ValueError:  # a ConfigurationError too: say it with the text as given
+            message = f"{option.flag} must be {accepts.accepted}; got {text!r}"
+            raise click.UsageError(message, ctx) from None
+
+    if option.default is None:  # computed from other options: say how
+        return click.option(
+            *names,
+            callback=read,
+            metavar=accepts.metavar,
+            help=f"{spec.help}  [default: {spec.default_help}]",
+        )
+    return click.option(
+        *names,
+        callback=read,
+        metavar=accepts.metavar,
+        default=accepts.unparse(option.default),
         show_default=True,
-        help="Comma-separated queues, served in this order.",
-    ),
-    click.option(
-        "--concurrency",
-        "-c",
-        default=DEFAULT_CONCURRENCY,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Jobs run at once per process.",
-    ),
-    click.option(
-        "--processes",
-        "-p",
-        default=1,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Worker processes, restarted if they die.",
-    ),
-    click.option(
-        "--grace-period",
-        default=DEFAULT_GRACE_PERIOD,
-        show_default=True,
-        type=click.FloatRange(min=0),
-        help="Seconds running jobs get to finish on SIGTERM.",
-    ),
-    click.option(
-        "--lease",
-        default=DEFAULT_LEASE,
-        show_default=True,
-        type=click.FloatRange(min=0, min_open=True),
-        help="Seconds a claimed job stays a worker's unless renewed; "
-        "a killed worker's jobs run again this soon.",
-    ),
-    click.option(
-        "--unknown-task-wait",
-        default=DEFAULT_UNKNOWN_TASK_WAIT,
-        show_default=True,
-        type=click.FloatRange(min=0),
-        help="Seconds a job whose task this worker does not know is put back for "
-        "another worker before it is dead-lettered.",
-    ),
-]
+        help=spec.help,
+    )
+
+
+#: The command's own option, beside the Worker's: how many worker processes to run.
+_PROCESSES = CommandLineOption(
+    "processes",
+    "--processes",
+    DEFAULT_PROCESSES,
+    Option(Count(1), "Worker processes, restarted if they die.", "--processes", "-p"),
+)
 
 
 def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_WORKER_OPTIONS):
-        command = option(command)
+    """What a worker is started with, shared by `worker` and the unit `systemd` prints:
+    every option of WorkerOptions that the command line offers, then the command's."""
+    decorators: list[Callable[[Callable[..., Any]], Any]] = [
+        _click_option(o) for o in [*WorkerOptions.command_line(), _PROCESSES]
+    ]
+    decorators.append(_log_level_option)
+    for decorate in reversed(decorators):
+        command = decorate(command)
     return command
+
+
+def _checked(given: dict[str, Any]) -> WorkerOptions:
+    """The worker options the flags give; each flag's value is checked as it is read,
+    what depends on several (a heartbeat shorter than the lease) here."""
+    try:
+        return WorkerOptions(**given)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _worker_command(
+    app_path: str, options: WorkerOptions, processes: int, log_level: str
+) -> list[str]:
+    """``afterwork worker`` with these options: what a supervisor's processes run, one
+    process each, and what a systemd unit starts."""
+    return [
+        "worker",
+        app_path,
+        *options.argv(),
+        "--processes",
+        str(processes),
+        "--log-level",
+        log_level,
+    ]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,81 +189,26 @@ def main() -> None:
 @main.command()
 @click.argument("app_path", metavar="APP")
 @_worker_options
-@click.option("--burst", is_flag=True, help="Exit once nothing is ready or running.")
-@click.option(
-    "--heartbeat",
-    default=None,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between lease renewals; shorter than --lease.  "
-    "[default: a third of the lease, at most 1]",
-)
-@click.option(
-    "--no-scheduler",
-    is_flag=True,
-    help="Do not fire periodic tasks from this worker (off in --burst too).",
-)
-@_log_level_option
-def worker(
-    app_path: str,
-    queues: str,
-    concurrency: int,
-    processes: int,
-    burst: bool,
-    grace_period: float,
-    lease: float,
-    unknown_task_wait: float,
-    heartbeat: float | None,
-    no_scheduler: bool,
-    log_level: str,
-) -> None:
+def worker(app_path: str, processes: int, log_level: str, **given: Any) -> None:
     """Run jobs from the app's queues until SIGTERM or SIGINT (twice: at once)."""
     _setup_logging(log_level)
+    options = _checked(given)
+    burst = options.burst
     # Set by a supervisor (--processes) in the processes it starts.
     lifeline = os.environ.pop(SUPERVISOR_FD_ENV, None)
-    # Load the app and check the options here, so a mistake fails once with a
-    # clear message instead of in every supervised child, restarted forever.
+    # Load the app and make the worker here, so a mistake fails once with a clear
+    # message instead of in every supervised child, restarted forever.
     app = load_app(app_path)
     if lifeline is None:  # a supervisor's children would repeat it
         _say_where_jobs_are(app_path, app)
-    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        the_worker = app.worker(
-            queues=queue_list,
-            concurrency=concurrency,
-            burst=burst,
-            grace_period=grace_period,
-            lease=lease,
-            unknown_task_wait=unknown_task_wait,
-            heartbeat=heartbeat,
-            # A burst drains what is there; firing schedules would feed it forever.
-            scheduler=not (no_scheduler or burst),
-        )
+        # A burst drains what is there; firing schedules would feed it forever.
+        the_worker = app.worker(options, scheduler=options.scheduler and not burst)
     except AfterworkError as exc:
         raise click.ClickException(str(exc)) from None
     if processes > 1:
-        args = [
-            "worker",
-            app_path,
-            "--queues",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "--grace-period",
-            str(grace_period),
-            "--lease",
-            str(lease),
-            "--unknown-task-wait",
-            str(unknown_task_wait),
-            "--log-level",
-            log_level,
-        ]
-        if heartbeat is not None:
-            args += ["--heartbeat", str(heartbeat)]
-        if burst:
-            args.append("--burst")
-        if no_scheduler:
-            args.append("--no-scheduler")
-        code = Supervisor(args, processes, grace_period, burst=burst).run()
+        args = _worker_command(app_path, options, 1, log_level)  # each child is one process
+        code = Supervisor(args, processes, options.grace_period, burst=burst).run()
         if burst:
             run(_with_broker(app, lambda b: _log_left_for_later(b, the_worker.queues)))
         sys.exit(code)
@@ -493,17 +462,9 @@ STOP_MARGIN = 15
 @click.argument("app_path", metavar="APP")
 @_worker_options
 @click.option("--user", default=None, help="User the service runs as (default: you).")
-def systemd(
-    app_path: str,
-    processes: int,
-    queues: str,
-    concurrency: int,
-    grace_period: float,
-    lease: float,
-    unknown_task_wait: float,
-    user: str | None,
-) -> None:
+def systemd(app_path: str, processes: int, log_level: str, user: str | None, **given: Any) -> None:
     """Print a systemd unit that runs this app's workers."""
+    options = _checked(given)
     if user is not None:
         try:
             pwd.getpwnam(user)
@@ -513,27 +474,8 @@ def systemd(
                 "Create the user first, or name an existing one with --user"
             ) from None
     load_app(app_path)
-    command = shlex.join(
-        [
-            sys.executable,
-            "-m",
-            "afterwork",
-            "worker",
-            app_path,
-            "--queues",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "--processes",
-            str(processes),
-            "--grace-period",
-            f"{grace_period:g}",
-            "--lease",
-            f"{lease:g}",
-            "--unknown-task-wait",
-            f"{unknown_task_wait:g}",
-        ]
-    )
+    worker_command = _worker_command(app_path, options, processes, log_level)
+    command = shlex.join([sys.executable, "-m", "afterwork", *worker_command])
     name = app_path.partition(":")[0].split(".")[0]
     env = os.environ.get("AFTERWORK_URL")
     lines = [
@@ -556,7 +498,7 @@ def systemd(
         "# left after TimeoutStopSec (the grace period plus a margin).",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
-        f"TimeoutStopSec={math.ceil(grace_period) + STOP_MARGIN}",
+        f"TimeoutStopSec={math.ceil(options.grace_period) + STOP_MARGIN}",
         "Restart=on-failure",
         "RestartSec=2",
         "StandardOutput=journal",

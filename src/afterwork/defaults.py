@@ -23,6 +23,9 @@ DEFAULT_MAX_PAYLOAD_SIZE = 1024 * 1024
 DEFAULT_MAX_PENDING = 10_000
 
 DEFAULT_CONCURRENCY = 10
+#: Worker processes ``afterwork worker`` runs; more are started, and restarted if
+#: they die, by a supervisor.
+DEFAULT_PROCESSES = 1
 #: A claimed job is the worker's for this long unless renewed; a killed
 #: worker's jobs run again this soon after it died.
 DEFAULT_LEASE = 15.0

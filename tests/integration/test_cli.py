@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from afterwork import Afterwork, JobNotFound, JobStatus
+from afterwork import Afterwork, JobNotFound, JobStatus, cli
+from afterwork.workeroptions import WorkerOptions
 
 from .integration_support import (
     APP,
@@ -269,14 +270,16 @@ def test_systemd_prints_a_unit_that_restarts_on_failure_and_runs_the_exact_worke
         "default",
         "--concurrency",
         "10",
-        "--processes",
-        "2",
         "--grace-period",
         "25",
         "--lease",
         "15",
         "--unknown-task-wait",
         "600",
+        "--processes",
+        "2",
+        "--log-level",
+        "info",
     ]
 
 
@@ -306,20 +309,132 @@ def test_systemd_waits_longer_than_the_grace_period_it_passes_on(procs: Processe
         "high,low",
         "--concurrency",
         "4",
-        "--processes",
-        "1",
         "--grace-period",
         "120.5",
         "--lease",
         "30",
         "--unknown-task-wait",
         "600",
+        "--processes",
+        "1",
+        "--log-level",
+        "info",
     ]
+
+
+@pytest.mark.timeout(20)
+def test_systemd_passes_every_worker_option_it_is_given_on_to_the_worker(
+    procs: Processes,
+) -> None:
+    given = [
+        "--queues",
+        "high,low",
+        "--concurrency",
+        "3",
+        "--grace-period",
+        "0.25",
+        "--lease",
+        "6",
+        "--heartbeat",
+        "1.5",
+        "--unknown-task-wait",
+        "0",
+        "--burst",
+        "--no-scheduler",
+        "--processes",
+        "4",
+        "--log-level",
+        "debug",
+    ]
+
+    unit = ok(procs, "systemd", APP, *given, "--user", "nobody")
+
+    assert worker_command(unit)[3:] == ["worker", APP, *given]
+    # What the unit runs is what was asked for, read back as the worker reads it.
+    assert worker_options(worker_command(unit)[4:]) == WorkerOptions(
+        queues=["high", "low"],
+        concurrency=3,
+        grace_period=0.25,
+        lease=6,
+        heartbeat=1.5,
+        unknown_task_wait=0,
+        burst=True,
+        scheduler=False,
+    )
+
+
+def test_the_command_line_of_any_options_reads_back_as_the_same_options() -> None:
+    for options in [
+        WorkerOptions(),
+        WorkerOptions(queues="a, b", concurrency=1, grace_period=0, lease=0.3, heartbeat=0.1),
+        WorkerOptions(lease=1234567.125, unknown_task_wait=1e-06, burst=True, scheduler=False),
+    ]:
+        assert worker_options(["app:jobs", *options.argv()]) == options
+
+
+def worker_options(args: list[str]) -> WorkerOptions:
+    """The options ``afterwork worker`` reads from ``args``, without running it."""
+    with cli.worker.make_context("worker", args) as ctx:
+        names = {option.name for option in WorkerOptions.command_line()}
+        return WorkerOptions(**{k: v for k, v in ctx.params.items() if k in names})
 
 
 def worker_command(unit: str) -> list[str]:
     [start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     return shlex.split(start.removeprefix("ExecStart="))
+
+
+REFUSED = {
+    "a negative grace period": (
+        ["--grace-period", "-1"],
+        "--grace-period must be a number of seconds, 0 or more; got '-1'",
+    ),
+    "a fractional concurrency": (
+        ["--concurrency", "2.5"],
+        "--concurrency must be a whole number, 1 or more; got '2.5'",
+    ),
+    "no concurrency": (["-c", "0"], "--concurrency must be a whole number, 1 or more; got '0'"),
+    "a zero lease": (["--lease", "0"], "--lease must be a number of seconds, more than 0; got '0'"),
+    "a heartbeat that is not a number": (
+        ["--heartbeat", "soon"],
+        "--heartbeat must be a number of seconds, more than 0; got 'soon'",
+    ),
+    "a negative unknown-task wait": (
+        ["--unknown-task-wait", "-1"],
+        "--unknown-task-wait must be a number of seconds, 0 or more; got '-1'",
+    ),
+    "an endless lease": (
+        ["--lease", "inf"],
+        "--lease must be a number of seconds, more than 0; got 'inf'",
+    ),
+    "no queue": (
+        ["--queues", ","],
+        "--queues must be one or more queue names (non-empty, without commas), as a list or "
+        "a comma-separated string; got ','",
+    ),
+    "no processes": (
+        ["--processes", "0"],
+        "--processes must be a whole number, 1 or more; got '0'",
+    ),
+    "a misspelt option": (
+        ["--concurency", "2"],
+        "No such option '--concurency'. Did you mean '--concurrency'?",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), REFUSED.values(), ids=REFUSED)
+@pytest.mark.parametrize("command", ["worker", "systemd"])
+@pytest.mark.timeout(20)
+def test_a_refused_worker_option_names_the_option_and_what_it_accepts(
+    procs: Processes, tmp_path: Path, command: str, args: list[str], message: str
+) -> None:
+    done = procs.run(command, APP, *args)
+
+    assert done.returncode == 2  # click's usage error, before the app is loaded
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"Error: {message}"
+    assert not (tmp_path / "jobs.db").exists()  # nothing was started
 
 
 NOT_A_DIRECTORY = "sqlite:///{tmp_path}/a-file/jobs.db"
@@ -369,6 +484,11 @@ ERRORS = {
         ["worker", APP, "--lease", "1", "--heartbeat", "2"],
         {},
         "shorter than the lease",
+    ),
+    "systemd, heartbeat as long as the lease": (
+        ["systemd", APP, "--lease", "2", "--heartbeat", "2"],
+        {},
+        "worker option heartbeat (2s) must be shorter than the lease (2s)",
     ),
 }
 
