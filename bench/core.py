@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import subprocess
@@ -31,9 +32,8 @@ def fresh_app(url: str):  # type: ignore[no-untyped-def]
     from afterwork import Afterwork
 
     app = Afterwork(url)
-    app.tasks = bench_app.jobs.tasks
-    for task in app.tasks.values():
-        task.app = app
+    # Tasks are immutable: the app gets copies bound to it.
+    app.tasks = {n: dataclasses.replace(t, app=app) for n, t in bench_app.jobs.tasks.items()}
     return app, bench_app
 
 

@@ -10,6 +10,7 @@ file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -155,7 +156,7 @@ async def run_demo(url: str, count: int, concurrency: int) -> None:
 def _rebind(url: str) -> Afterwork:
     """The demo tasks on another broker; the registry is shared, the URL is not."""
     app = Afterwork(url)
-    app.tasks = jobs.tasks
-    for task in jobs.tasks.values():
-        task.app = app
+    # Tasks are immutable: the app gets copies bound to it (jobs built from the module's
+    # tasks carry only their name, so the worker runs these).
+    app.tasks = {name: dataclasses.replace(task, app=app) for name, task in jobs.tasks.items()}
     return app

@@ -19,7 +19,6 @@ that every engine ends each step with the records this module predicts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -32,8 +31,7 @@ from .job import ACTIVE, FINISHED, WAITING, ErrorInfo, JobRecord, JobStatus, err
 WORKER_LOST = error_type(WorkerLost)
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     """What an operation does to one job.
 
     ``status`` None deletes the job. ``fields`` are written (None clears one).
@@ -43,7 +41,7 @@ class Change:
     """
 
     status: JobStatus | None
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = {}
     releases_unique: bool = False
     wakes: bool = False
     expires: bool = False

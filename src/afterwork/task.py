@@ -9,6 +9,7 @@ same way.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import sys
@@ -135,13 +136,37 @@ def retry_policy(retries: int | RetryPolicy | None, where: str) -> RetryPolicy:
         raise TaskConfigurationError(f"{where}: {exc}") from None
 
 
-def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    """What the worker will call: the function itself, not what a decorator wraps (a
-    decorator that supplies an argument takes fewer than the function it wraps)."""
+@dataclass(frozen=True, slots=True)
+class _CallShape:
+    """What calls a function accepts. Positional calls to a function of plain parameters
+    (the usual task) are checked by counting; others bind to its signature."""
+
+    signature: inspect.Signature | None
+    least: int = -1
+    most: int = -1
+
+    def accepts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` as the call would, for a call the function refuses."""
+        if not kwargs and self.least <= len(args) <= self.most:
+            return
+        if self.signature is not None:
+            self.signature.bind(*args, **kwargs)
+
+
+@functools.cache
+def _call_shape(func: Callable[..., Any]) -> _CallShape:
+    """Of what the worker will call: the function itself, not what a decorator wraps (a
+    decorator that supplies an argument takes fewer than the function it wraps). Once per
+    function: ``using`` builds tasks often."""
     try:
-        return inspect.signature(func, follow_wrapped=False)
+        signature = inspect.signature(func, follow_wrapped=False)
     except (TypeError, ValueError):  # some builtins have none: the call will tell
-        return None
+        return _CallShape(None, 0, sys.maxsize)
+    parameters = signature.parameters.values()
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters):
+        return _CallShape(signature)
+    required = sum(p.default is inspect.Parameter.empty for p in parameters)
+    return _CallShape(signature, required, len(parameters))
 
 
 def _parameters(signature: inspect.Signature) -> str:
@@ -174,7 +199,7 @@ class Task(Generic[P, R]):
     run_at: float | None = None
     unique_key: str | None = None
     is_async: bool = field(init=False)
-    _signature: inspect.Signature | None = field(init=False)
+    _shape: _CallShape = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -206,7 +231,7 @@ class Task(Generic[P, R]):
             raise TaskConfigurationError(f"{where}: unique_key must be a non-empty string")
         # Frozen: what follows from the function is set once, here.
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(inspect.unwrap(self.func)))
-        object.__setattr__(self, "_signature", _signature(self.func))
+        object.__setattr__(self, "_shape", _call_shape(self.func))
         object.__setattr__(self, "__doc__", self.func.__doc__)
         object.__setattr__(self, "__wrapped__", self.func)
 
@@ -312,14 +337,13 @@ class Task(Generic[P, R]):
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse a call the function would refuse, before it is stored: a worker
         would only fail it on every attempt."""
-        if self._signature is None:
-            return
         try:
-            self._signature.bind(*args, **kwargs)
+            self._shape.accepts(args, kwargs)
         except TypeError as exc:
+            assert self._shape.signature is not None  # only a signature refuses
             raise InvalidArguments(
                 f"cannot enqueue {self.name}: {exc}; "
-                f"it takes {self.name}{_parameters(self._signature)}"
+                f"it takes {self.name}{_parameters(self._shape.signature)}"
             ) from None
 
     def _record(self, payload: bytes) -> JobRecord:

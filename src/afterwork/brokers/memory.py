@@ -14,6 +14,8 @@ import itertools
 import threading
 from collections.abc import Sequence
 
+import msgspec
+
 from .. import lifecycle
 from ..defaults import WORKER_FORGOTTEN_AFTER
 from ..job import WAITING, JobRecord, JobStatus
@@ -245,7 +247,7 @@ class MemoryBroker(Broker):
     @staticmethod
     def _copy(job: JobRecord) -> JobRecord:
         # Callers get snapshots, so nothing outside the lock mutates stored state.
-        return copy.copy(job)
+        return msgspec.structs.replace(job)
 
     async def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
