@@ -44,6 +44,7 @@ from .job import ErrorInfo, JobHandle, JobRecord, JobStatus
 from .retry import Retry, RetryPolicy
 from .task import Task
 from .worker import Worker
+from .workeroptions import WorkerOptions
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,7 @@ __all__ = [
     "TaskQueueNotRunning",
     "UnknownTask",
     "Worker",
+    "WorkerOptions",
     "WorkerLost",
     "after_response",
 ]
