@@ -83,7 +83,7 @@ __all__ = [
     "TaskQueueNotRunning",
     "UnknownTask",
     "Worker",
-    "WorkerOptions",
     "WorkerLost",
+    "WorkerOptions",
     "after_response",
 ]
