@@ -416,10 +416,8 @@ REFUSED = {
         ["--processes", "0"],
         "--processes must be a whole number, 1 or more; got '0'",
     ),
-    "a misspelt option": (
-        ["--concurency", "2"],
-        "No such option '--concurency'. Did you mean '--concurrency'?",
-    ),
+    # click words this one itself, differently across its releases.
+    "a misspelt option": (["--concurency", "2"], "No such option"),
 }
 
 
@@ -433,7 +431,14 @@ def test_a_refused_worker_option_names_the_option_and_what_it_accepts(
 
     assert done.returncode == 2  # click's usage error, before the app is loaded
     assert "Traceback" not in done.stderr
-    assert done.stderr.splitlines()[-1] == f"Error: {message}"
+    line = done.stderr.splitlines()[-1]
+    assert line.startswith(f"Error: {message}")
+    if message == "No such option":
+        assert "--concurency" in line
+        assert "Did you mean" in line
+        assert "--concurrency" in line
+    else:
+        assert line == f"Error: {message}"
     assert not (tmp_path / "jobs.db").exists()  # nothing was started
 
 
