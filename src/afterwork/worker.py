@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .brokers import Broker, Outcome, OutcomeKind, WorkerInfo
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_MAINTENANCE_INTERVAL, UNKNOWN_TASK_RECHECK
 from .errors import JobTimeout, SerializationError, UnknownTask
-from .job import ErrorInfo, JobRecord, error_info
+from .job import ErrorInfo, JobRecord, error_info, error_type
 from .retry import Retry
 from .scheduler import Scheduler
 from .serialization import decode_arguments
@@ -431,7 +431,7 @@ class Worker:
         """Put the job back for a worker that knows its task (during a rolling deploy an
         old worker meets a new task), until it has waited ``unknown_task_wait``."""
         now = self.app.clock.now()
-        kind = error_info(exc).type
+        kind = error_type(type(exc))
         previous = job.error
         since = previous.since if previous and previous.type == kind and previous.since else now
         waited = now - since

@@ -29,6 +29,13 @@ def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
+def _ids(members: Any) -> list[str]:
+    """Ids from a ZSCAN page: [id, score, ...] from the RESP connection, (id, score) pairs
+    from redis-py's cluster client."""
+    paired = bool(members) and isinstance(members[0], tuple)
+    return [(m[0] if paired else m).decode() for m in (members if paired else members[::2])]
+
+
 class RedisReadSide:
     """What handles, the CLI and the dashboard read; the broker supplies the plumbing."""
 
@@ -47,33 +54,27 @@ class RedisReadSide:
         raise NotImplementedError
 
     async def ids_starting_with(self, prefix: str, limit: int) -> list[str]:
-        """Every job is in one of its queue's state sets: scan those for the prefix."""
+        """Every job is in one of its queue's state sets: scan them all together, a page
+        of each set a round trip, until every scan ends or enough ids are found."""
         pattern = _glob_escape(prefix) + "*"
         found: set[str] = set()
         with self._redis.errors("looking up job ids"):
-            for queue in await self._all_queues():
-                for key in queue.keys[:-1]:  # each state's set; the expiry set repeats them
-                    found |= await self._scan(key, pattern, limit - len(found))
-                    if len(found) >= limit:
-                        return sorted(found)[:limit]
-        return sorted(found)
-
-    async def _scan(self, key: str, pattern: str, wanted: int) -> set[str]:
-        found: set[str] = set()
-        cursor: Any = 0
-        while True:
-            [(cursor, members)] = await self._redis.pipeline(
-                [("ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000)]
-            )
-            # [id, score, ...] from the RESP connection; (id, score) pairs from redis-py's.
-            ids = (
-                [m[0] for m in members]
-                if members and isinstance(members[0], tuple)
-                else members[::2]
-            )
-            found.update(i.decode() for i in ids)
-            if int(cursor) == 0 or len(found) >= wanted:
-                return found
+            # Each state's set; the expiry set (the last) repeats the finished ones.
+            scans: dict[str, Any] = {k: 0 for q in await self._all_queues() for k in q.keys[:-1]}
+            while scans and len(found) < limit:
+                replies = await self._redis.pipeline(
+                    [
+                        ("ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000)
+                        for key, cursor in scans.items()
+                    ]
+                )
+                for key, (cursor, members) in zip(list(scans), replies, strict=True):
+                    found.update(_ids(members))
+                    if int(cursor) == 0:
+                        del scans[key]
+                    else:
+                        scans[key] = cursor
+        return sorted(found)[:limit]
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50
